@@ -1,0 +1,114 @@
+"""``selfsup-eval``: the label-efficiency report and its stages from the command line.
+
+    selfsup-eval report   --weights EXPORT --train TRAIN --val VAL --out DIR [--finetune] ...
+    selfsup-eval knn      --weights EXPORT --train TRAIN --val VAL --out DIR ...   (writes DIR/knn.json)
+    selfsup-eval linear   ...                                                      (writes DIR/linear.json)
+    selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
+
+User errors print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+import torch
+
+from evaluation.fractions import parse_fractions
+from selfsup.errors import ConfigError, SelfsupError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}; expected a positive integer")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, help="exported folder (config.json + model.safetensors)")
+    p.add_argument("--train", required=True, help="labelled train images: image folder, saved HF dataset or shards")
+    p.add_argument("--val", required=True, help="labelled val images, same kinds as --train")
+    p.add_argument("--out", required=True, help="report folder (features are cached in OUT/cache)")
+    p.add_argument("--label-fractions", default="0.01,0.1,1.0", help="comma-separated fractions in (0, 1]")
+    p.add_argument("--seeds", type=_positive, default=3, help="number of seeds (label subsets) per fraction")
+    p.add_argument("--max-train", type=_positive, default=None, help="use a seeded random subset of the train set")
+    p.add_argument("--max-val", type=_positive, default=None, help="use a seeded random subset of the val set")
+    p.add_argument("--batch-size", type=_positive, default=128)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--img-size", type=_positive, default=None, help="override the export's input size")
+    p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
+
+
+def _add_finetune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--finetune-steps", type=_positive, default=100)
+    p.add_argument("--finetune-lr", type=float, default=5e-4)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup-eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    report = sub.add_parser("report", help="kNN + linear probe (+ fine-tune) for the export and baselines")
+    _add_common(report)
+    report.add_argument("--finetune", action="store_true", help="also fine-tune the whole network")
+    _add_finetune(report)
+    for name in ("knn", "linear"):
+        _add_common(sub.add_parser(name, help=f"only the {name} stage"))
+    ft = sub.add_parser("finetune", help="only the fine-tune stage")
+    _add_common(ft)
+    _add_finetune(ft)
+    return parser
+
+
+def run(args: argparse.Namespace, command: str) -> None:
+    """Dispatch one parsed command (typed keyword arguments from here on)."""
+    from evaluation.models import model_sources
+    from evaluation.report import run_report
+    from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear
+
+    fractions = parse_fractions(args.label_fractions)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda but no CUDA device is visible; expected --device cpu or auto")
+    common = dict(img_size=args.img_size, num_workers=args.num_workers, device=args.device)
+    if args.command == "report":
+        run_report(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
+                   seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
+                   batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
+                   finetune_lr=args.finetune_lr, command=command, **common)
+        print(f"wrote {args.out}/report.md, report.json, report.html")
+        return
+    data = prepare_data(train=args.train, val=args.val, out=args.out, label_fractions=fractions, seeds=args.seeds,
+                        max_train=args.max_train, max_val=args.max_val)
+    sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
+    if args.command == "knn":
+        run_knn(data, sources, out=args.out, batch_size=args.batch_size, **common)
+    elif args.command == "linear":
+        run_linear(data, sources, out=args.out, batch_size=args.batch_size, **common)
+    else:
+        run_finetune(data, sources, out=args.out, batch_size=min(args.batch_size, 64), steps=args.finetune_steps,
+                     lr=args.finetune_lr, **common)
+    print(f"wrote {args.out}/{args.command}.json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``selfsup-eval``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    # Same seeds -> same numbers: refuse nondeterministic kernels where torch knows of them (warn, not fail).
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        run(args, command="selfsup-eval " + shlex.join(argv))
+    except SelfsupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

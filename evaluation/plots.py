@@ -1,0 +1,86 @@
+"""Report figures (matplotlib, Agg backend): accuracy against label fraction, pretraining curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+CURVE_KEYS = ("loss", "lr", "embed_std", "teacher_entropy", "momentum", "teacher_temp", "wd", "images_per_s")
+
+
+def plot_accuracy_vs_fraction(panels: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
+    """One panel per evaluation; in each, top-1 (%) against label fraction (log x), one line per model, ± std bars.
+
+    Args:
+        panels: ``(title, rows)``; rows are report results with ``model``, ``label_fraction``, ``mean``, ``std``.
+        path: PNG to write.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels):
+        for model in dict.fromkeys(r["model"] for r in rows):
+            pts = sorted((r["label_fraction"], r["mean"], r["std"]) for r in rows if r["model"] == model)
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3, label=model)
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a ``metrics.jsonl`` (unparsable lines are skipped)."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+    return records
+
+
+def plot_pretraining_curves(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Loss and collapse signals against step, one panel per key present; ``None`` when there is nothing to plot.
+
+    ``teacher_entropy`` is drawn with ``teacher_entropy_max`` (log of the output dim) as a dashed line: the
+    DINO teacher collapsing to a uniform output sits at that line, collapsing to one dimension goes to 0;
+    ``embed_std`` near 0 means all embeddings are the same.
+    """
+    keys = [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in records)]
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot(*zip(*pts), lw=1.2)
+        if key == "teacher_entropy":
+            mx = [(r["step"], r["teacher_entropy_max"]) for r in records
+                  if isinstance(r.get("teacher_entropy_max"), (int, float))]
+            if mx:
+                ax.plot(*zip(*mx), ls="--", color="gray", label="max (uniform)")
+                ax.legend(fontsize=8)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

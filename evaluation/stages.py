@@ -1,0 +1,152 @@
+"""The evaluation stages (kNN, linear probe, fine-tune) over every model, each writing its own JSON.
+
+Each stage takes the prepared data (:func:`prepare_data`) and the models to compare
+(:func:`evaluation.models.model_sources`), runs every (model, label fraction, seed), writes
+``OUT/<stage>.json`` and returns the same dict. Features come from the cache in ``OUT/cache``, so the kNN and
+linear stages share one backbone pass per split and model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.data import LabelledImages, open_labelled
+from evaluation.features import Features, cached_features, eval_transform, resolve_device
+from evaluation.finetune import finetune, seed_everything
+from evaluation.fractions import fraction_key, label_subsets
+from evaluation.knn import evaluate_knn
+from evaluation.linear_probe import linear_probe
+from evaluation.models import ModelSource, load_model
+from selfsup.errors import DataError
+
+SUBSETS_FILE = "label_subsets.json"
+KNN_KS = (10, 20, 100, 200)
+KNN_T = 0.07
+
+
+@dataclass
+class EvalData:
+    """Training / val images, the fixed label subsets and what they are."""
+
+    train: LabelledImages
+    val: LabelledImages
+    fractions: list[float]
+    seeds: list[int]
+    subsets: dict[str, dict[str, list[int]]]
+    info: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+
+def prepare_data(*, train: str, val: str, out: str | Path, label_fractions: list[float], seeds: int,
+                 max_train: int | None = None, max_val: int | None = None) -> EvalData:
+    """Open train/val (val mapped to the train classes), and make or reuse ``OUT/label_subsets.json``."""
+    train_images = open_labelled(train, max_items=max_train)
+    val_images = open_labelled(val, classes=train_images.classes, max_items=max_val)
+    if len(train_images.classes) < 2:
+        raise DataError(f"{train}: {len(train_images.classes)} class; expected at least 2 classes")
+    seed_list = list(range(seeds))
+    subsets = label_subsets(train_images.labels, fractions=label_fractions, seeds=seed_list,
+                            data_identity=train_images.identity, path=Path(out) / SUBSETS_FILE)
+    info = {"train": str(train), "val": str(val), "num_train": len(train_images), "num_val": len(val_images),
+            "num_classes": len(train_images.classes), "classes": train_images.classes, "max_train": max_train,
+            "max_val": max_val, "train_identity": train_images.identity, "val_identity": val_images.identity,
+            "label_subsets": SUBSETS_FILE}
+    return EvalData(train_images, val_images, list(label_fractions), seed_list, subsets, info)
+
+
+def _features(source: ModelSource, data: EvalData, *, out: Path, img_size: int | None, batch_size: int,
+              num_workers: int, device: str) -> tuple[dict[str, Any], Features, Features]:
+    model = load_model(source, img_size=img_size)
+    dev = resolve_device(device)
+    kw = dict(cache_dir=out / "cache", batch_size=batch_size, num_workers=num_workers, device=dev)
+    return model.info, cached_features(model, data.train, **kw), cached_features(model, data.val, **kw)
+
+
+def _write(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stage}.json").write_text(json.dumps(payload, indent=1))
+    return payload
+
+
+def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: tuple[int, ...] = KNN_KS,
+            T: float = KNN_T, img_size: int | None = None, batch_size: int = 128, num_workers: int = 0,
+            device: str = "auto", chunk_size: int = 256) -> dict[str, Any]:
+    """DINO weighted kNN for every model, fraction and seed -> ``OUT/knn.json``."""
+    out = Path(out)
+    runs, infos, t0 = [], [], time.perf_counter()
+    for source in sources:
+        info, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
+                                 num_workers=num_workers, device=device)
+        infos.append(info)
+        for f in data.fractions:
+            for s in data.seeds:
+                idx = torch.as_tensor(data.subsets[fraction_key(f)][str(s)])
+                res = evaluate_knn(tr.feats[idx], tr.labels[idx], va.feats, va.labels, ks=ks, T=T,
+                                   num_classes=data.num_classes, chunk_size=chunk_size)
+                for k, row in res.items():
+                    runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
+                                 "k": k, **row})
+    return _write(out, "knn", {"stage": "knn", "settings": {"ks": list(ks), "T": T}, "data": data.info,
+                               "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
+               batch_size: int = 128, num_workers: int = 0, device: str = "auto", steps: int = 300) -> dict[str, Any]:
+    """Linear probe (lr/wd chosen on held-out train labels) for every model, fraction and seed -> ``OUT/linear.json``."""
+    out = Path(out)
+    runs, infos, t0 = [], [], time.perf_counter()
+    for source in sources:
+        info, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
+                                 num_workers=num_workers, device=device)
+        infos.append(info)
+        for f in data.fractions:
+            for s in data.seeds:
+                idx = torch.as_tensor(data.subsets[fraction_key(f)][str(s)])
+                res = linear_probe(tr.feats[idx], tr.labels[idx], va.feats, va.labels, num_classes=data.num_classes,
+                                   steps=steps, seed=s)
+                runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
+                             **res.to_dict()})
+    return _write(out, "linear", {"stage": "linear", "settings": {"steps": steps}, "data": data.info,
+                                  "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
+                 batch_size: int = 64, num_workers: int = 0, device: str = "auto", steps: int = 100, lr: float = 5e-4,
+                 weight_decay: float = 0.05, layer_decay: float = 0.65) -> dict[str, Any]:
+    """Fine-tune the whole network for every model, fraction and seed -> ``OUT/finetune.json``."""
+    out = Path(out)
+    dev = resolve_device(device)
+    runs, infos, t0 = [], [], time.perf_counter()
+    for source in sources:
+        for f in data.fractions:
+            for s in data.seeds:
+                seed_everything(s)
+                loaded = load_model(source, img_size=img_size)  # fresh weights for every run
+                idx = data.subsets[fraction_key(f)][str(s)]
+                res = finetune(loaded.model, data.train, idx, data.val, num_classes=data.num_classes,
+                               data_config=loaded.data_config, eval_transform=eval_transform(loaded), steps=steps,
+                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
+                               seed=s, num_workers=num_workers, device=dev)
+                runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx), **res})
+        infos.append(loaded.info)
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                "layer_decay": layer_decay, "schedule": "linear warm-up 10% + cosine", "augmentation":
+                "random resized crop (0.5-1) + horizontal flip"}
+    return _write(out, "finetune", {"stage": "finetune", "settings": settings, "data": data.info, "models": infos,
+                                    "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """(mean, sample std) of per-seed values; std is 0 for a single seed."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0

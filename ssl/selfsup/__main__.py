@@ -1,0 +1,7 @@
+"""``python -m selfsup ...`` and ``accelerate launch -m selfsup pretrain ...``."""
+
+import sys
+
+from selfsup.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""The edge where the config becomes objects: typed keyword arguments from here on down."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from torch import nn
+
+from selfsup.config import Config
+from selfsup.models.backbone import create_backbone
+from selfsup.registry import get_builder
+
+
+def make_backbone_fn(cfg: Config):
+    """A factory for fresh backbones (methods with a momentum encoder may need more than one)."""
+    return functools.partial(
+        create_backbone, cfg.model.name, drop_path_rate=cfg.model.drop_path_rate, model_args=dict(cfg.model.args)
+    )
+
+
+def build_method(cfg: Config) -> nn.Module:
+    """``method.name`` + its section of the config -> a method module (see :mod:`selfsup.methods.base`)."""
+    builder = get_builder(cfg.method.name)
+    kwargs = dataclasses.asdict(getattr(cfg.method, cfg.method.name))
+    return builder(make_backbone=make_backbone_fn(cfg), n_global=cfg.views.n_global, **kwargs)
+
+
+def build_transform(cfg: Config):
+    """Multi-crop views for every method (contrastive configs set ``views.n_local=0``)."""
+    from selfsup.data.views import MultiCropTransform
+
+    v = cfg.views
+    return MultiCropTransform(
+        global_crop_size=v.global_crop_size,
+        global_crop_scale=tuple(v.global_crop_scale),
+        n_global=v.n_global,
+        local_crop_size=v.local_crop_size,
+        local_crop_scale=tuple(v.local_crop_scale),
+        n_local=v.n_local,
+        mean=tuple(v.mean),
+        std=tuple(v.std),
+    )

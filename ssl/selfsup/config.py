@@ -1,0 +1,312 @@
+"""Configuration: typed defaults in one place, YAML overrides, CLI dotlist on top.
+
+Every default lives in the dataclasses below (the schema). A YAML file under ``configs/`` overrides a
+few of them, optionally on top of another file named by ``base:``; ``key=value`` pairs from the
+command line come last (DINOv2 style: ``merge(defaults, file, cli)``). The resolved config is saved
+in the run directory. Nothing below the CLI imports omegaconf: :func:`load_config` returns typed
+dataclass objects that are turned into keyword arguments at the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from selfsup.errors import ConfigError
+
+METHODS = ("dino", "mocov3", "moby", "simclr")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # output folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    shards: str = ""  # brace pattern, a folder of .tar files, or a text file with one shard per line
+    samples_per_epoch: int = 0  # nominal epoch length in samples; 0 = count the samples in the shards
+    shuffle_buffer: int = 1000
+    num_workers: int = 2
+    pin_memory: bool = True
+    max_bad_fraction: float = 0.01  # stop when more than this fraction of a window of samples is bad
+    bad_window: int = 1000
+    draft_decode: bool = True  # decode JPEGs at reduced size when crops are much smaller (Pillow draft)
+
+
+@dataclass
+class ViewsConfig:
+    """Multi-crop views (DINO): ``n_global`` crops of ``global_crop_size`` + ``n_local`` of ``local_crop_size``."""
+
+    n_global: int = 2
+    global_crop_size: int = 224
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    n_local: int = 10
+    local_crop_size: int = 96
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_small_patch16_224"  # any timm model name
+    drop_path_rate: float = 0.1
+    args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (img_size, patch_size...)
+
+
+@dataclass
+class DINOConfig:
+    """DINO (Caron et al. 2021) head and loss; defaults from the paper's ViT-S/16 recipe."""
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = False
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: float = 30
+    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # cosine to 1.0
+    freeze_last_layer_epochs: float = 1
+
+
+@dataclass
+class MoCoV3Config:
+    """MoCo v3 (Chen, Xie, He 2021)."""
+
+    proj_hidden_dim: int = 4096
+    out_dim: int = 256
+    pred_hidden_dim: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.99  # cosine to 1.0
+    freeze_patch_embed: bool = True  # the paper's stability trick: random, frozen patch projection
+
+
+@dataclass
+class MoBYConfig:
+    """MoBY (Xie et al. 2021)."""
+
+    proj_hidden_dim: int = 4096
+    out_dim: int = 256
+    pred_hidden_dim: int = 4096
+    temperature: float = 0.2
+    momentum: float = 0.99  # cosine to 1.0
+    queue_size: int = 4096
+    target_drop_path_rate: float = 0.0  # asymmetric drop path: online uses model.drop_path_rate
+
+
+@dataclass
+class SimCLRConfig:
+    """SimCLR (Chen et al. 2020)."""
+
+    proj_hidden_dim: int = 2048
+    out_dim: int = 128
+    temperature: float = 0.1
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dino"  # one of METHODS
+    dino: DINOConfig = field(default_factory=DINOConfig)
+    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
+    moby: MoBYConfig = field(default_factory=MoBYConfig)
+    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4  # base lr for a global batch of 256: lr = lr * global_batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: float = 3.0  # 0 = off
+    fused: bool = True  # fused AdamW where the device supports it
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # per process
+    epochs: float = 100  # nominal epochs of data.samples_per_epoch samples
+    max_steps: Optional[int] = None  # stop early at this optimizer step (the schedules still span `epochs`)
+    grad_accum: int = 1
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False  # torch.compile the backbones
+    log_every: int = 10
+    save_every: int = 1000  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 3
+    resume: Optional[str] = None  # null | auto | path to a checkpoint folder
+    max_bad_steps: int = 5  # non-finite loss/grad steps in a row before stopping
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
+    """Read a YAML file and the chain of ``base:`` files it names, base first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    base = data.pop("base", None)
+    chain: list[dict] = []
+    if base is not None:
+        chain = _read_yaml((path.parent / str(base)), seen + (path.resolve(),))
+    return chain + [(str(path), data)]  # type: ignore[list-item]
+
+
+def _valid_keys(node: Any) -> str:
+    if dataclasses.is_dataclass(node):
+        return ", ".join(f.name for f in dataclasses.fields(node))
+    return ""
+
+
+def _explain(e: OmegaConfBaseException, source: str) -> ConfigError:
+    """Turn an omegaconf error into one line that names the key and what was expected."""
+    key = getattr(e, "full_key", None) or "?"
+    if isinstance(e, ConfigKeyError):
+        parent, _, leaf = key.rpartition(".")
+        node: Any = Config()
+        for part in parent.split(".") if parent else []:
+            node = getattr(node, part, None)
+        valid = _valid_keys(node) or "(none)"
+        where = parent or "top level"
+        return ConfigError(f"{source}: unknown config key '{key}' (valid keys in {where}: {valid})")
+    if isinstance(e, ValidationError):
+        msg = str(e).splitlines()[0]
+        return ConfigError(f"{source}: bad value for '{key}': {msg}")
+    return ConfigError(f"{source}: {str(e).splitlines()[0]} (key '{key}')")
+
+
+def _merge(base: DictConfig, data: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, data)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise _explain(e, source) from None
+
+
+def load_config(files: list[str | Path] | str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge the schema defaults, YAML files (each with its ``base:`` chain) and ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a value outside its choices, in one line.
+    """
+    if files is None:
+        files = []
+    elif isinstance(files, (str, Path)):
+        files = [files]
+    cfg: DictConfig = OmegaConf.structured(Config)
+    for f in files:
+        for source, data in _read_yaml(Path(f)):  # type: ignore[misc]
+            cfg = _merge(cfg, data, source)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. optim.lr=1e-4")
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+        cfg = _merge(cfg, dot, f"override '{item}'")
+    try:
+        obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise _explain(e, "config") from None
+    validate(obj)
+    return obj
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"bad value for '{key}': '{value}' (expected one of: {', '.join(choices)})")
+
+
+def validate(cfg: Config) -> None:
+    """Check values that the types alone cannot: choices, ranges and combinations."""
+    _choice("method.name", cfg.method.name, METHODS)
+    _choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
+    _choice("train.device", cfg.train.device, DEVICES)
+    positive = {
+        "train.batch_size": cfg.train.batch_size,
+        "train.grad_accum": cfg.train.grad_accum,
+        "train.log_every": cfg.train.log_every,
+        "train.keep_last": cfg.train.keep_last,
+        "views.global_crop_size": cfg.views.global_crop_size,
+        "optim.lr": cfg.optim.lr,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"bad value for '{key}': {value} (expected a number > 0)")
+    if cfg.train.epochs <= 0 and not cfg.train.max_steps:
+        raise ConfigError("bad value for 'train.epochs': expected > 0 (or set train.max_steps)")
+    if cfg.views.n_global < 1 or cfg.views.n_local < 0:
+        raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
+    if cfg.method.name != "dino" and cfg.views.n_global != 2:
+        raise ConfigError(f"bad value for 'views.n_global': {cfg.method.name} needs exactly 2 global views")
+    if cfg.views.n_global + cfg.views.n_local < 2:
+        raise ConfigError("views: need at least two views in total (views.n_global + views.n_local >= 2)")
+    for key in ("global_crop_scale", "local_crop_scale"):
+        lo, hi = getattr(cfg.views, key)
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"bad value for 'views.{key}': [{lo}, {hi}] (expected 0 < min <= max <= 1)")
+    patch = cfg.model.args.get("patch_size")
+    if patch:
+        sizes = [("views.global_crop_size", cfg.views.global_crop_size)]
+        if cfg.views.n_local:
+            sizes.append(("views.local_crop_size", cfg.views.local_crop_size))
+        for key, size in sizes:
+            if size % int(patch):
+                raise ConfigError(
+                    f"bad value for '{key}': {size} is not divisible by model.args.patch_size={patch}"
+                )
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Config) -> str:
+    """A short, stable hash of the resolved config (recorded in exports and checkpoints)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_config(cfg: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config to ``RUN_DIR/config.yaml``."""
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(cfg))
+    return path

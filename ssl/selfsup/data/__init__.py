@@ -1,0 +1,1 @@
+"""Data: shards on disk -> decoded RGB images -> multi-crop views -> batches."""

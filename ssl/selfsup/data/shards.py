@@ -1,0 +1,473 @@
+"""Stream webdataset shards as batches of multi-crop views, with an exact, resumable position.
+
+Self-supervised pretraining is step-based and runs for days, so the reader has three jobs beyond
+"read tar files":
+
+1. **Disjoint and complete**: each (rank, worker) slot reads its own part of every nominal epoch,
+   so one epoch over all slots sees every sample exactly once.
+2. **Deterministic**: shard order, sample shuffle and augmentations are pure functions of
+   ``(seed, epoch, slot, key)``; nothing depends on what happened before.
+3. **Resumable**: a batch carries ``(epoch, offset)`` of its worker; restarting from that
+   position regenerates the epoch, fast-forwards ``offset`` raw samples through the shuffle buffer
+   without decoding, and continues bit-identically (:class:`DataPosition` keeps these positions in
+   the training checkpoint).
+
+Broken data never kills a run: unreadable shards and undecodable samples are skipped, counted
+by reason and logged with their key, until more than ``max_bad_fraction`` of a sliding window of
+samples is bad, which means the data itself is wrong (:class:`~selfsup.errors.DataError`).
+
+Shape legend: b = batch (per process), c = channels, h/w = view height/width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import tarfile
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import count, islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import gopen
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from selfsup.data.decode import REASON_NO_IMAGE, BadSample, decode_rgb
+from selfsup.errors import DataError
+
+try:  # webdataset depends on braceexpand; fall back to no expansion if it ever does not
+    from braceexpand import braceexpand
+except ImportError:  # pragma: no cover
+    def braceexpand(pattern: str) -> Iterator[str]:  # type: ignore[misc]
+        yield pattern
+
+logger = logging.getLogger(__name__)
+
+# Extensions the reader takes the image from, in order of preference.
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif", "ppm", "img")
+REASON_MISSING_SHARD = "missing_shard"
+REASON_CORRUPT_SHARD = "corrupt_shard"
+REASON_TRANSFORM = "transform_error"
+# A slot that sees no sample in this many epochs in a row has no data: fail instead of spinning.
+MAX_EMPTY_EPOCHS = 20
+LOG_FIRST_SKIPS = 20
+LOG_EVERY_SKIPS = 1000
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url or url.startswith("pipe:")
+
+
+def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Resolve a shard spec to a list of tar paths.
+
+    Args:
+        spec: a brace pattern (``data/shard-{000000..000099}.tar``), a directory (all ``*.tar`` in
+            it, sorted), a text file with one path per line (relative paths are relative to the
+            file; blank lines and ``#`` comments ignored), or a list of any of these.
+
+    Returns:
+        Existing shard paths (and remote ``scheme://`` / ``pipe:`` URLs, unchecked), in order.
+        Missing files are skipped with a warning that counts them.
+
+    Raises:
+        DataError: nothing at all is left.
+    """
+    specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
+    candidates: list[str] = []
+    for one in specs:
+        s = os.fspath(one)
+        p = Path(s)
+        if p.is_dir():
+            candidates.extend(sorted(str(t) for t in p.glob("*.tar")))
+        elif p.is_file() and not tarfile.is_tarfile(s) and p.suffix not in (".tar", ".tgz", ".gz"):
+            for line in p.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    candidates.extend(
+                        u if _is_remote(u) or os.path.isabs(u) else str(p.parent / u) for u in braceexpand(line)
+                    )
+        else:
+            candidates.extend(braceexpand(s))
+    found = [u for u in candidates if _is_remote(u) or os.path.isfile(u)]
+    found_set = set(found)
+    missing = [u for u in candidates if u not in found_set]
+    if missing:
+        logger.warning("%d of %d shards are missing and skipped (first: %s)", len(missing), len(candidates), missing[0])
+    if not found:
+        raise DataError(f"{os.fspath(spec) if isinstance(spec, str | os.PathLike) else list(spec)}: no shard files found")
+    return found
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` that is the same on every machine and Python run."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def _seeded_rngs(seed: int, *, restore: bool) -> Iterator[None]:
+    """Seed torch, ``random`` and numpy (lightly's blur/solarize use it); restore them if asked."""
+    if restore:
+        saved = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    try:
+        yield
+    finally:
+        if restore:
+            torch.set_rng_state(saved[0])
+            random.setstate(saved[1])
+            np.random.set_state(saved[2])
+
+
+def _shard_error_reason(exn: BaseException) -> str:
+    if isinstance(exn, FileNotFoundError):
+        return REASON_MISSING_SHARD
+    return REASON_CORRUPT_SHARD
+
+
+@dataclass(frozen=True)
+class _Slot:
+    rank: int
+    worker: int
+    num_workers: int
+    world_size: int
+
+    @property
+    def index(self) -> int:
+        return self.rank * self.num_workers + self.worker
+
+    @property
+    def count(self) -> int:
+        return self.world_size * self.num_workers
+
+
+class ShardStream(IterableDataset):
+    """An infinite, deterministic, resumable stream of multi-crop batches from webdataset shards.
+
+    For epoch ``e = 0, 1, ...`` the shard list is shuffled with a seed from ``(seed, e)`` and dealt to
+    slot ``s = rank * num_workers + worker`` of ``S = world_size * num_workers`` as ``shards[s::S]``;
+    with fewer shards than slots, the ``k`` slots sharing a shard keep the samples with
+    ``index % k == s // n_shards``. Samples go through a seeded shuffle buffer, are decoded and
+    transformed with randomness seeded from ``(seed, epoch, key)``, and are batched inside the
+    worker; epochs follow each other without a gap.
+
+    Each batch is ``{"views": list[Tensor (b, c, h, w)] (global views first), "keys": list[str],
+    "cls": LongTensor (b,) | None, "meta": {"rank", "slot", "worker", "epoch", "offset", "skipped",
+    "sample_epochs"}}``. ``offset`` counts the samples (good and bad) that left the shuffle buffer in
+    ``epoch`` up to and including this batch's last one; ``skipped`` counts skips by reason since the
+    previous batch of this worker.
+
+    Example:
+        >>> ds = ShardStream(urls=expand_shards("shards/"), transform=MultiCropTransform(),
+        ...                  batch_size=64, seed=0)  # doctest: +SKIP
+        >>> batch = next(iter(make_loader(ds, num_workers=8, pin_memory=True)))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        urls: Sequence[str],
+        transform: Callable[[Image.Image], list[Tensor]],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 1000,
+        start_positions: dict[int, tuple[int, int]] | None = None,
+        first_worker: int = 0,
+        draft_size: tuple[int, int] | None = None,
+        max_bad_fraction: float = 0.01,
+        bad_window: int = 1000,
+    ) -> None:
+        """Args:
+        urls: shard paths (see :func:`expand_shards`).
+        transform: PIL RGB image -> list of view tensors, e.g. ``MultiCropTransform``.
+        batch_size: samples per batch in this process.
+        seed: run seed; shard order, shuffle and augmentations derive from it.
+        rank, world_size: this process and the number of processes.
+        shuffle_buffer: samples in the per-worker shuffle buffer (<= 1: no shuffle).
+        start_positions: ``{worker: (epoch, offset)}`` to resume from (``DataPosition.start_positions()``).
+        first_worker: worker whose batch comes first after a resume (``DataPosition.next_worker``);
+            used by :func:`make_loader` to keep the round-robin order.
+        draft_size: decode JPEGs at reduced size, at least this big (see ``decode_rgb``).
+        max_bad_fraction, bad_window: fail when more than ``max_bad_fraction * bad_window`` of the
+            last ``bad_window`` samples were bad.
+        """
+        super().__init__()
+        if not urls:
+            raise DataError("urls: no shards given; expected at least one .tar path")
+        if batch_size < 1:
+            raise DataError(f"batch_size={batch_size}: expected a positive number of samples per batch")
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
+        self.urls = list(urls)
+        self.transform = transform
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.start_positions = dict(start_positions or {})
+        self.first_worker = first_worker
+        self.draft_size = draft_size
+        self.max_bad_fraction = max_bad_fraction
+        self.bad_window = bad_window
+
+    # ------------------------------------------------------------------ raw samples
+    def _read_shard(self, url: str, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+        """Samples of one tar file; shard-level errors are counted, never raised."""
+
+        def handler(exn: BaseException) -> bool:
+            reason = _shard_error_reason(exn)
+            skips[reason] += 1
+            logger.warning("skipping the rest of shard %s (%s): %s", url, reason, exn)
+            return True
+
+        try:
+            stream = open(url, "rb") if not _is_remote(url) else gopen.gopen(url)  # noqa: SIM115
+        except Exception as exn:  # noqa: BLE001
+            handler(exn)
+            return
+        with stream:
+            files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+            yield from group_by_keys(files, handler=handler)
+
+    def _epoch_shards(self, epoch: int, slot: _Slot) -> tuple[list[str], int, int]:
+        """This slot's shards in ``epoch`` and the ``(k, r)`` sample filter ``index % k == r``."""
+        shards = list(self.urls)
+        random.Random(stable_seed(self.seed, epoch)).shuffle(shards)
+        n, s, total = len(shards), slot.index, slot.count
+        if n >= total:
+            return shards[s::total], 1, 0
+        return [shards[s % n]], len(range(s % n, total, n)), s // n
+
+    def _raw_samples(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+        shards, k, r = self._epoch_shards(epoch, slot)
+        for url in shards:
+            for index, sample in enumerate(self._read_shard(url, skips)):
+                if index % k == r:
+                    yield sample
+
+    def _shuffled(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+        """Raw samples of ``epoch`` through the seeded shuffle buffer."""
+        raw = self._raw_samples(epoch, slot, skips)
+        if self.shuffle_buffer <= 1:
+            yield from raw
+            return
+        rng = random.Random(stable_seed(self.seed, epoch, slot.rank, slot.worker))
+        buf: list[dict[str, Any]] = []
+        for sample in raw:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+    # ------------------------------------------------------------------ decoded samples
+    def _views(self, sample: dict[str, Any], epoch: int, restore_rng: bool) -> list[Tensor]:
+        data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+        if data is None:
+            raise BadSample(REASON_NO_IMAGE, f"members: {sorted(k for k in sample if not k.startswith('__'))}")
+        img = decode_rgb(data, draft_size=self.draft_size)
+        with _seeded_rngs(stable_seed(self.seed, epoch, sample["__key__"]), restore=restore_rng):
+            try:
+                return self.transform(img)
+            except Exception as e:  # noqa: BLE001 - one odd image must not stop a run; counted + logged
+                raise BadSample(REASON_TRANSFORM, f"{type(e).__name__}: {e}") from None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        slot = _Slot(rank=self.rank, worker=worker, num_workers=num_workers, world_size=self.world_size)
+        return self._batches(slot, restore_rng=info is None)
+
+    def _batches(self, slot: _Slot, *, restore_rng: bool) -> Iterator[dict[str, Any]]:
+        start_epoch, start_offset = self.start_positions.get(slot.worker, (0, 0))
+        skips: Counter[str] = Counter()
+        window: deque[str | None] = deque(maxlen=self.bad_window)
+        n_skipped = 0
+        batch: list[tuple[str, list[Tensor], int | None, int]] = []
+        empty_epochs = 0
+        for epoch in count(start_epoch):
+            stream = self._shuffled(epoch, slot, skips)
+            offset = 0
+            if epoch == start_epoch and start_offset:
+                # Fast-forward without decoding; its shard errors were reported before the checkpoint.
+                offset = sum(1 for _ in islice(stream, start_offset))
+                skips.clear()
+            seen = 0
+            for sample in stream:
+                offset += 1
+                seen += 1
+                key = sample.get("__key__", "?")
+                try:
+                    views = self._views(sample, epoch, restore_rng)
+                except BadSample as bad:
+                    skips[bad.reason] += 1
+                    n_skipped += 1
+                    window.append(bad.reason)
+                    if n_skipped <= LOG_FIRST_SKIPS or n_skipped % LOG_EVERY_SKIPS == 0:
+                        logger.warning("skipped sample %s in %s (%s) [%d skipped so far in slot %d]",
+                                       key, sample.get("__url__"), bad, n_skipped, slot.index)
+                    self._check_bad(window)
+                    continue
+                window.append(None)
+                batch.append((key, views, _parse_cls(sample.get("cls")), epoch))
+                if len(batch) == self.batch_size:
+                    yield _collate(batch, meta={
+                        "rank": slot.rank, "slot": slot.index, "worker": slot.worker,
+                        "epoch": epoch, "offset": offset, "skipped": dict(skips),
+                    })
+                    batch = []
+                    skips.clear()
+            empty_epochs = 0 if seen else empty_epochs + 1
+            if empty_epochs >= MAX_EMPTY_EPOCHS:
+                raise DataError(
+                    f"slot {slot.index} of {slot.count} (rank {slot.rank}, worker {slot.worker}) got no samples in "
+                    f"{MAX_EMPTY_EPOCHS} epochs from {len(self.urls)} shards (skipped: {dict(skips)}); "
+                    "check the shards or use fewer workers"
+                )
+
+    def _check_bad(self, window: deque[str | None]) -> None:
+        bad = [r for r in window if r is not None]
+        if len(bad) > self.max_bad_fraction * self.bad_window:
+            reasons = ", ".join(f"{k}={v}" for k, v in Counter(bad).most_common())
+            raise DataError(
+                f"{len(bad)} of the last {len(window)} samples were bad ({reasons}); "
+                "check the shards or raise data.max_bad_fraction"
+            )
+
+
+def _parse_cls(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.decode() if isinstance(value, bytes) else value)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _collate(samples: list[tuple[str, list[Tensor], int | None, int]], *, meta: dict[str, Any]) -> dict[str, Any]:
+    n_views = len(samples[0][1])
+    views = [torch.stack([s[1][i] for s in samples]) for i in range(n_views)]  # each (b, c, h, w)
+    labels = [s[2] for s in samples]
+    cls = None if any(c is None for c in labels) else torch.tensor(labels, dtype=torch.long)
+    meta = dict(meta, sample_epochs=[s[3] for s in samples])
+    return {"views": views, "keys": [s[0] for s in samples], "cls": cls, "meta": meta}
+
+
+class DataPosition:
+    """Where each worker of this process is in the stream, plus skip counts; lives in the checkpoint.
+
+    Call :meth:`update` with ``batch["meta"]`` for every batch the training loop consumes; on resume,
+    pass :meth:`start_positions` and :attr:`next_worker` to a new :class:`ShardStream`. The numbers of
+    workers and processes are part of the position (they decide which samples each worker reads), so
+    loading a state saved with different ones raises :class:`~selfsup.errors.DataError`.
+    """
+
+    def __init__(self, *, num_workers: int, world_size: int = 1, rank: int = 0) -> None:
+        self.num_workers = max(1, num_workers)  # num_workers=0 reads as worker 0 of 1
+        self.world_size = world_size
+        self.rank = rank
+        self.positions: dict[int, tuple[int, int]] = {}
+        self.skipped: Counter[str] = Counter()
+        self.batches = 0
+        self.next_worker = 0
+
+    def update(self, meta: dict[str, Any]) -> None:
+        """Record a consumed batch's ``meta``."""
+        worker = int(meta["worker"])
+        self.positions[worker] = (int(meta["epoch"]), int(meta["offset"]))
+        self.skipped.update(meta.get("skipped", {}))
+        self.batches += 1
+        self.next_worker = (worker + 1) % self.num_workers
+
+    def start_positions(self) -> dict[int, tuple[int, int]]:
+        """``{worker: (epoch, offset)}`` for ``ShardStream(start_positions=...)``."""
+        return dict(self.positions)
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state (ints and strings only)."""
+        return {
+            "num_workers": self.num_workers,
+            "world_size": self.world_size,
+            "rank": self.rank,
+            "positions": {str(w): [e, o] for w, (e, o) in sorted(self.positions.items())},
+            "skipped": dict(self.skipped),
+            "batches": self.batches,
+            "next_worker": self.next_worker,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the worker and process counts must match this run's."""
+        for name, mine in (("num_workers", self.num_workers), ("world_size", self.world_size)):
+            saved = int(state[name])
+            if saved != mine:
+                raise DataError(
+                    f"data position: checkpoint was saved with {name}={saved} but this run has {name}={mine}; "
+                    f"resume with {name}={saved} to continue the exact sample stream"
+                )
+        self.positions = {int(w): (int(e), int(o)) for w, (e, o) in state["positions"].items()}
+        self.skipped = Counter({str(k): int(v) for k, v in state.get("skipped", {}).items()})
+        self.batches = int(state.get("batches", 0))
+        self.next_worker = int(state.get("next_worker", 0))
+
+
+class _RoundRobinLoader(DataLoader):
+    """A DataLoader whose batch order starts at worker ``first_worker`` instead of 0.
+
+    DataLoader always takes the first batch from worker 0; after a resume the next batch must come
+    from the worker after the last consumed one, or the order of batches would change. Batches of
+    the other workers wait in a queue (at most ``num_workers - 1`` of them).
+    """
+
+    first_worker: int = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        it = super().__iter__()
+        if self.num_workers <= 1 or self.first_worker % self.num_workers == 0:
+            yield from it
+            return
+        queues: dict[int, deque[Any]] = {w: deque() for w in range(self.num_workers)}
+        want = self.first_worker % self.num_workers
+        for batch in it:
+            queues[int(batch["meta"]["worker"])].append(batch)
+            while queues[want]:
+                yield queues[want].popleft()
+                want = (want + 1) % self.num_workers
+
+
+def make_loader(
+    dataset: ShardStream,
+    *,
+    num_workers: int,
+    pin_memory: bool,
+    prefetch_factor: int = 2,
+    persistent_workers: bool = True,
+) -> DataLoader:
+    """A DataLoader over a :class:`ShardStream` (batches are made in the workers: ``batch_size=None``).
+
+    ``num_workers=0`` reads in the main process as worker 0 of 1.
+    """
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+    loader = _RoundRobinLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)
+    loader.first_worker = getattr(dataset, "first_worker", 0)
+    return loader

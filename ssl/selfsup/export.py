@@ -1,0 +1,117 @@
+"""Export: the evaluated encoder of a run as a folder plain timm loads.
+
+``selfsup export RUN_DIR OUT_DIR`` reads the newest complete checkpoint, rebuilds the method from the
+run's resolved config, loads the weights strictly (a checkpoint from another architecture or method
+fails with the mismatched keys), and writes the backbone with timm's own ``save_for_hf``:
+``model.safetensors`` + ``config.json`` in the Hugging Face Hub format. The folder is then reloaded
+with ``timm.create_model("local-dir:OUT_DIR", pretrained=True)`` and its features compared to ours
+before it is moved into place, so a written export is a checked export. Export is separate from
+resume: the checkpoint keeps optimizer and data state, the export only the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+from selfsup.build import build_method
+from selfsup.config import Config, config_hash, load_config
+from selfsup.errors import CheckpointError
+from selfsup.train.checkpoint import latest_checkpoint, resolve_resume
+
+MODEL_FILE = "model.safetensors"
+
+
+def load_checkpoint_weights(method: torch.nn.Module, ckpt: Path) -> None:
+    """Load ``ckpt/model.safetensors`` into ``method`` strictly, with a clear error on any mismatch."""
+    path = ckpt / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (expected accelerate's safetensors model file)")
+    try:
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    own = method.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong_shape:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = [f"{name}: {show(keys)}" for name, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)) if keys]
+        raise CheckpointError(f"{path} does not match the configured method/model; " + "; ".join(parts))
+    method.load_state_dict(state, strict=True)
+
+
+def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return name
+    raise RuntimeError("export backbone is not a sub-module of the method")
+
+
+def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
+           atol: float = 1e-5) -> dict[str, Any]:
+    """Write the run's exported encoder to ``out_dir`` and check it by reloading with plain timm.
+
+    Returns:
+        A dict with the checkpoint used, the step, the encoder name and the reload check result.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
+    ckpt = resolve_resume(str(checkpoint), run_dir) if checkpoint else latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'} (train longer or "
+                              f"lower train.save_every)")
+    cfg: Config = load_config(ckpt / "config.yaml" if (ckpt / "config.yaml").is_file() else cfg_path)
+    cfg.model.drop_path_rate = 0.0  # the exported model's default; the weights do not depend on it
+    step = json.loads((ckpt / "COMPLETE").read_text()).get("step")
+
+    method = build_method(cfg)
+    load_checkpoint_weights(method, ckpt)
+    backbone = method.export_backbone().eval()  # type: ignore[operator]
+    size = cfg.views.global_crop_size
+    meta = {
+        "method": cfg.method.name,
+        "encoder": method.export_encoder,  # type: ignore[attr-defined]
+        "step": step,
+        "config_hash": config_hash(cfg),
+        "run_dir": str(run_dir.resolve()),
+        "checkpoint": str(ckpt.resolve()),
+        "module": _module_prefix(method, backbone),
+    }
+    tmp = out_dir.parent / f".tmp-{out_dir.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    timm.models.save_for_hf(
+        backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
+        data_config={"input_size": (3, size, size), "mean": tuple(cfg.views.mean), "std": tuple(cfg.views.std),
+                     "crop_pct": 1.0, "interpolation": "bicubic"},
+    )
+    check = verify_export(tmp, backbone, size=size, atol=atol)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}
+
+
+@torch.no_grad()
+def verify_export(folder: Path, reference: torch.nn.Module, *, size: int, atol: float) -> float:
+    """Reload ``folder`` with plain timm (every key must match) and compare features on a fixed input."""
+    reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    diff = (reloaded(x) - reference(x)).abs().max().item()
+    if not diff < atol:
+        raise CheckpointError(f"export check failed: plain timm reload of {folder} differs by {diff:.2e} (> {atol})")
+    return diff

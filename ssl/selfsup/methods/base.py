@@ -1,0 +1,59 @@
+"""What every method provides to the training loop.
+
+A method is composed of backbone(s), head(s) and a loss (and maybe a momentum encoder); there is no
+base class to inherit. The loop only calls what :class:`Method` lists, so it never knows which
+method runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Per-step values from the schedules (pure functions of ``step``)."""
+
+    step: int
+    epoch: float  # fractional nominal epoch, step / steps_per_epoch
+    momentum: float = 1.0  # EMA momentum of the teacher / momentum encoder
+    teacher_temp: float = 0.04  # DINO teacher temperature
+
+
+@dataclass
+class StepOutput:
+    """Loss to back-propagate plus detached scalars to log (collapse signals and friends)."""
+
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Method(Protocol):
+    """The interface between a method and the loop."""
+
+    #: which encoder :meth:`export_backbone` returns: ``teacher``, ``momentum`` or ``online``.
+    export_encoder: str
+
+    def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
+        """Loss for one batch; ``views`` are v tensors (b, c, h, w), global views first."""
+        ...
+
+    def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
+        """Schedule values (EMA momentum, temperatures) for ``step``."""
+        ...
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after backward and clipping, before ``optimizer.step()`` (e.g. freeze a layer)."""
+        ...
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """Called after ``optimizer.step()`` (e.g. EMA update of the teacher)."""
+        ...
+
+    def export_backbone(self) -> nn.Module:
+        """The timm backbone to export and evaluate."""
+        ...

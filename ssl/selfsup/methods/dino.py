@@ -1,0 +1,145 @@
+"""DINO: self-distillation with no labels (Caron et al. 2021, https://arxiv.org/abs/2104.14294).
+
+"We train a student network to match the output of a teacher network [...]; the teacher is built
+from past iterations of the student" via an exponential moving average. The student sees every crop,
+the teacher only the global ones; the teacher output is centered and sharpened to avoid collapse.
+Built from lightly's ``DINOProjectionHead``, ``DINOLoss`` and ``update_momentum``.
+
+Shapes: b = batch, v = views (g global + l local), d = backbone dim, k = head output dim.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+from lightly.loss import DINOLoss
+from lightly.models.modules import DINOProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from torch import Tensor, nn
+
+from selfsup.methods.base import StepContext, StepOutput
+from selfsup.models.multicrop import forward_multicrop
+from selfsup.optim.schedules import cosine, linear_warmup
+from selfsup.registry import register
+
+
+class DINO(nn.Module):
+    """Student/teacher pair with DINO heads and loss.
+
+    Args:
+        backbone: a timm backbone, (n, c, h, w) -> (n, d); the teacher is a copy of it.
+        n_global: number of global views (the first ``n_global`` of the views); only they reach the teacher.
+        out_dim, hidden_dim, bottleneck_dim, norm_last_layer: ``DINOProjectionHead`` sizes.
+        student_temp, center_momentum: ``DINOLoss`` parameters.
+        warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs: teacher temperature schedule.
+        momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine.
+        freeze_last_layer_epochs: the head's last layer gets no update for this many epochs.
+    """
+
+    export_encoder = "teacher"
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        n_global: int = 2,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        norm_last_layer: bool = False,
+        student_temp: float = 0.1,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp_epochs: float = 30,
+        center_momentum: float = 0.9,
+        momentum_teacher: float = 0.996,
+        freeze_last_layer_epochs: float = 1,
+    ) -> None:
+        super().__init__()
+        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        self.n_global = n_global
+        self.out_dim = out_dim
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
+        self.momentum_teacher = momentum_teacher
+        self.freeze_last_layer_epochs = freeze_last_layer_epochs
+
+        self.student_backbone = backbone
+        self.student_head = DINOProjectionHead(
+            dim, hidden_dim, bottleneck_dim, out_dim, freeze_last_layer=1, norm_last_layer=norm_last_layer
+        )
+        self.teacher_backbone = copy.deepcopy(backbone)
+        self.teacher_head = DINOProjectionHead(
+            dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer=norm_last_layer
+        )
+        self.teacher_head.load_state_dict(self.student_head.state_dict())
+        deactivate_requires_grad(self.teacher_backbone)
+        deactivate_requires_grad(self.teacher_head)
+        self.criterion = DINOLoss(output_dim=out_dim, student_temp=student_temp, center_momentum=center_momentum)
+        self.teacher_backbone.eval()
+        self.teacher_head.eval()
+
+    def train(self, mode: bool = True) -> "DINO":
+        """Keep the teacher in eval mode (no drop path) whatever the student does (as DINOv2 does)."""
+        super().train(mode)
+        self.teacher_backbone.eval()
+        self.teacher_head.eval()
+        return self
+
+    def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
+        return StepContext(
+            step=step,
+            epoch=step / steps_per_epoch,
+            momentum=cosine(step, total_steps, self.momentum_teacher, 1.0),
+            teacher_temp=linear_warmup(
+                step, round(self.warmup_teacher_temp_epochs * steps_per_epoch), self.warmup_teacher_temp, self.teacher_temp
+            ),
+        )
+
+    def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
+        v, b = len(views), views[0].shape[0]
+        with torch.no_grad():
+            t_out = self.teacher_head(forward_multicrop(self.teacher_backbone, views[: self.n_global]))  # (g*b, k)
+        s_emb = forward_multicrop(self.student_backbone, views)  # (v*b, d)
+        s_out = self.student_head(s_emb)  # (v*b, k)
+        teacher_views = list(t_out.chunk(self.n_global))
+        loss = self.criterion(teacher_views, list(s_out.chunk(v)), teacher_temp=ctx.teacher_temp)
+        return StepOutput(loss=loss, logs=self._collapse_signals(s_emb.detach(), t_out.detach(), ctx.teacher_temp, b))
+
+    @torch.no_grad()
+    def _collapse_signals(self, s_emb: Tensor, t_out: Tensor, teacher_temp: float, b: int) -> dict[str, Tensor]:
+        """Two collapse signals: per-dimension std of L2-normalised student embeddings of the first view
+        (about 1/sqrt(d) when healthy, 0 when collapsed) and the teacher output entropy (0 = one-hot
+        collapse, ln(k) = uniform collapse)."""
+        z = nn.functional.normalize(s_emb[:b].float(), dim=-1)
+        # the center was just updated by the loss; entropy is measured on what the teacher produced.
+        p = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / teacher_temp, dim=-1)
+        entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
+        return {
+            "embed_std": z.std(dim=0).mean(),
+            "embed_std_healthy": torch.tensor(1.0 / math.sqrt(z.shape[1])),
+            "teacher_entropy": entropy,
+            "teacher_entropy_max": torch.tensor(math.log(self.out_dim)),
+        }
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        # lightly's helper drops the last layer's gradients while current_epoch < freeze_last_layer (=1).
+        self.student_head.cancel_last_layer_gradients(0 if ctx.epoch < self.freeze_last_layer_epochs else 1)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        update_momentum(self.student_backbone, self.teacher_backbone, m=ctx.momentum)
+        update_momentum(self.student_head, self.teacher_head, m=ctx.momentum)
+
+    def export_backbone(self) -> nn.Module:
+        return self.teacher_backbone
+
+
+@register("dino")
+def build_dino(*, make_backbone: Callable[..., nn.Module], n_global: int, **kwargs: object) -> DINO:
+    """Builder used by the registry; ``kwargs`` are the fields of ``method.dino``."""
+    return DINO(make_backbone(), n_global=n_global, **kwargs)  # type: ignore[arg-type]

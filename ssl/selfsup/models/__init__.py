@@ -1,0 +1,1 @@
+"""Models: timm backbones and the multi-crop wrapper."""

@@ -1,0 +1,62 @@
+"""Backbones: any timm model by registered name, returning pooled embeddings.
+
+Global and local crops must go through one model, so ViTs are built with
+``dynamic_img_size=True`` (position embeddings interpolated per input size) and Swin with
+``strict_img_size=False`` (padding and dynamic attention masks). Which of the two a model takes is
+asked of the model's constructor, not guessed from its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from selfsup.errors import ConfigError
+
+# Tried in order; the first kwargs the model constructor accepts wins.
+_MULTI_RES_KWARGS: tuple[dict[str, Any], ...] = (
+    {"dynamic_img_size": True},
+    {"strict_img_size": False},
+    {},
+)
+
+
+def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[str, Any] | None = None) -> nn.Module:
+    """Create ``timm.create_model(name, num_classes=0, ...)`` able to take crops of several sizes.
+
+    Args:
+        name: a timm model name, e.g. ``vit_small_patch16_224`` or ``swin_tiny_patch4_window7_224``.
+        drop_path_rate: stochastic depth rate.
+        model_args: extra kwargs for ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``...).
+
+    Returns:
+        A timm model whose ``forward(x)`` maps (b, c, h, w) to pooled embeddings (b, num_features).
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ConfigError(f"unknown timm model for 'model.name': '{name}' (e.g. {', '.join(close) or 'vit_small_patch16_224'})")
+    model_args = dict(model_args or {})
+    last_error: Exception | None = None
+    for extra in _MULTI_RES_KWARGS:
+        kwargs = {**extra, **model_args}
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
+        except TypeError as e:  # the constructor does not take this multi-resolution flag
+            last_error = e
+            if not extra:
+                break
+    raise ConfigError(f"timm model '{name}' rejected model.args {model_args}: {last_error}")
+
+
+def multi_res_args(model: nn.Module) -> dict[str, Any]:
+    """The reconstruction kwargs timm recorded for ``model`` (used by export to rebuild it)."""
+    return dict(getattr(model, "_model_args", {}) or {})
+
+
+@torch.no_grad()
+def embed_dim(model: nn.Module) -> int:
+    """Pooled embedding size of a timm model (``num_features``)."""
+    return int(model.num_features)  # type: ignore[arg-type]

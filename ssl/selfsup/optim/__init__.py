@@ -1,0 +1,1 @@
+"""Optimizer pieces: per-step schedules and parameter groups."""

@@ -1,0 +1,1 @@
+"""Training: the step-based accelerate loop, its state and its checkpoints."""

@@ -1,0 +1,202 @@
+"""The pretraining loop: step-based, on accelerate, method-agnostic.
+
+shards -> views (data workers) -> method forward/loss -> backward -> clip -> optimizer -> EMA
+-> metrics.jsonl / TensorBoard -> checkpoints. The same code runs on a laptop CPU and under
+``accelerate launch`` on many GPUs; every process group comes from accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from selfsup.build import build_method, build_transform
+from selfsup.config import Config, config_hash, save_config, to_yaml
+from selfsup.data.count import count_samples
+from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_loader
+from selfsup.errors import ConfigError, TrainingError
+from selfsup.optim.param_groups import param_groups
+from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
+from selfsup.train.checkpoint import resolve_resume, save_checkpoint
+from selfsup.train.state import TrainState
+
+log = logging.getLogger("selfsup")
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        cpu=cfg.train.device == "cpu",
+        log_with="tensorboard",
+        project_dir=cfg.run.dir,
+    )
+
+
+def _compile_backbones(method: torch.nn.Module) -> None:
+    """``torch.compile`` every timm backbone in place (state-dict keys stay unchanged)."""
+    for module in method.modules():
+        if hasattr(module, "forward_features") and hasattr(module, "num_features"):
+            module.compile()
+
+
+def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, Any]:
+    """Run (or resume) pretraining as configured; returns the summary also written to ``summary.json``."""
+    accelerator = accelerator or make_accelerator(cfg)
+    run_dir = Path(cfg.run.dir)
+    world, rank = accelerator.num_processes, accelerator.process_index
+
+    # --- cheap checks and data before any heavy work ---
+    urls = expand_shards(cfg.data.shards)
+    samples_per_epoch = cfg.data.samples_per_epoch or count_samples(urls)
+    global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
+    if samples_per_epoch < global_batch:
+        raise ConfigError(
+            f"data.samples_per_epoch={samples_per_epoch} is smaller than one global batch "
+            f"(train.batch_size {cfg.train.batch_size} x {world} processes x grad_accum {cfg.train.grad_accum})"
+        )
+    steps_per_epoch = max(1, samples_per_epoch // global_batch)
+    total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
+    stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
+    resume_dir = resolve_resume(cfg.train.resume, run_dir)
+
+    state = TrainState.load(resume_dir, rank) if resume_dir else TrainState()
+    position = DataPosition(num_workers=cfg.data.num_workers, world_size=world)
+    if state.data:
+        position.load_state_dict(state.data)
+    dataset = ShardStream(
+        urls=urls,
+        transform=build_transform(cfg),
+        batch_size=cfg.train.batch_size,
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        start_positions=position.start_positions() if state.data else None,
+        draft_size=(cfg.views.global_crop_size,) * 2 if cfg.data.draft_decode else None,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        bad_window=cfg.data.bad_window,
+    )
+    loader = make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory)
+
+    # --- model, optimizer ---
+    set_seed(cfg.run.seed)  # identical init on every process
+    method = build_method(cfg)
+    if cfg.train.compile:
+        _compile_backbones(method)
+    use_fused = cfg.optim.fused and accelerator.device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=use_fused or None)
+    method, optimizer = accelerator.prepare(method, optimizer)
+    unwrapped = accelerator.unwrap_model(method)
+    if resume_dir:
+        accelerator.load_state(str(resume_dir))
+        log.info("resumed from %s at step %d", resume_dir, state.step)
+    else:
+        set_seed(cfg.run.seed + rank)  # different drop-path noise per process
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir)
+        accelerator.init_trackers("tensorboard")
+    cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)
+
+    peak_lr = scaled_lr(cfg.optim.lr, global_batch)
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    params = [p for p in method.parameters() if p.requires_grad]
+    max_norm = cfg.optim.clip_grad or math.inf  # always measure the norm: it decides non-finite steps
+    metrics_path = run_dir / "metrics.jsonl"
+    bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
+               desc="pretrain", dynamic_ncols=True)
+    last: dict[str, Any] = {}
+    t_log, samples_log, t_start, step_start = time.perf_counter(), 0, time.perf_counter(), state.step
+    batches = iter(loader)
+    method.train()
+
+    def write_process_state(tmp: Path) -> None:
+        state.data = position.state_dict()
+        state.save(tmp, rank)
+
+    while state.step < stop_step:
+        ctx = unwrapped.step_context(state.step, steps_per_epoch, total_steps)
+        lr = warmup_cosine(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
+        wd = cosine(state.step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            group["weight_decay"] = wd * group.get("wd_mult", 1.0)
+        for _ in range(cfg.train.grad_accum):
+            batch = next(batches)
+            position.update(batch["meta"])
+            views = [v.to(accelerator.device, non_blocking=True) for v in batch["views"]]
+            with accelerator.accumulate(method):
+                out = method(views, ctx)
+                accelerator.backward(out.loss)
+            state.samples_seen += views[0].shape[0]
+            samples_log += views[0].shape[0]
+        grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+        bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))) | (~torch.isfinite(out.loss.detach()))
+        if world > 1:  # every process must take the same decision
+            bad = accelerator.reduce(bad.float(), reduction="sum") > 0
+        if bool(bad):  # the one host sync per step: skipping needs it
+            state.bad_steps_total += 1
+            state.bad_steps_in_row += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", state.step,
+                        state.bad_steps_in_row)
+            if state.bad_steps_in_row >= cfg.train.max_bad_steps:
+                from selfsup.train.checkpoint import latest_checkpoint
+
+                raise TrainingError(
+                    f"{state.bad_steps_in_row} non-finite steps in a row at step {state.step}; last good checkpoint: "
+                    f"{latest_checkpoint(run_dir) or '(none)'}. Lower optim.lr or use train.mixed_precision=bf16, "
+                    f"then resume with train.resume=auto"
+                )
+        else:
+            state.bad_steps_in_row = 0
+            unwrapped.before_optimizer_step(ctx)
+            optimizer.step()
+            unwrapped.after_optimizer_step(ctx)
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        bar.update(1)
+
+        if state.step % cfg.train.log_every == 0 or state.step == stop_step:
+            loss = accelerator.reduce(out.loss.detach().float(), reduction="mean").item()
+            dt = time.perf_counter() - t_log
+            last = {
+                "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": loss, "lr": lr, "wd": wd,
+                "momentum": ctx.momentum, "teacher_temp": ctx.teacher_temp,
+                "images_per_s": samples_log * world / max(dt, 1e-9),
+                "grad_norm": float(grad_norm), "bad_steps": state.bad_steps_total,
+                "skipped_samples": sum(position.skipped.values()),
+                **{k: float(v) for k, v in out.logs.items()},
+            }
+            t_log, samples_log = time.perf_counter(), 0
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+                accelerator.log({k: v for k, v in last.items() if k != "step"}, step=state.step)
+                bar.set_postfix(loss=f"{loss:.4f}", ips=f"{last['images_per_s']:.0f}")
+
+        if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step:
+            save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml}, cfg.train.keep_last,
+                            write_process_files=write_process_state)
+    bar.close()
+    accelerator.end_training()
+
+    elapsed = time.perf_counter() - t_start
+    summary = {
+        "steps": state.step, "steps_this_run": state.step - step_start, "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
+        "images_per_s": (state.step - step_start) * global_batch / max(elapsed, 1e-9),
+        "final": last, "skipped_samples": dict(position.skipped), "bad_steps": state.bad_steps_total,
+        "run_dir": str(run_dir), "config_hash": cfg_hash, "method": cfg.method.name, "model": cfg.model.name,
+    }
+    if accelerator.is_main_process:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

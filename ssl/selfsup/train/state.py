@@ -1,0 +1,38 @@
+"""The loop's own state, one object with ``state_dict``/``load_state_dict`` (torchtitan's ``Trainer``).
+
+Saved as JSON next to accelerate's files, one file per process (each process has its own data
+position), so resuming never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # samples consumed by this process
+    bad_steps_total: int = 0  # steps skipped for a non-finite loss or gradient
+    bad_steps_in_row: int = 0
+    data: dict[str, Any] = field(default_factory=dict)  # the data position (DataPosition.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
+
+    def save(self, directory: Path, process_index: int) -> None:
+        (directory / f"train_state_{process_index}.json").write_text(json.dumps(self.state_dict()))
+
+    @classmethod
+    def load(cls, directory: Path, process_index: int) -> "TrainState":
+        state = cls()
+        state.load_state_dict(json.loads((directory / f"train_state_{process_index}.json").read_text()))
+        return state

@@ -1,0 +1,27 @@
+"""Shared fixtures: tiny backbones, and making the repo's source root importable without install."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT / "ssl", ROOT):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY_VIT = dict(name="vit_tiny_patch16_224", model_args=dict(img_size=32, patch_size=8))
+TINY_SWIN = dict(
+    name="swin_tiny_patch4_window7_224",
+    model_args=dict(img_size=32, patch_size=4, window_size=4, embed_dim=24, depths=(1, 1), num_heads=(1, 2)),
+)
+
+
+@pytest.fixture(params=["vit", "swin"])
+def tiny_backbone_spec(request):
+    return TINY_VIT if request.param == "vit" else TINY_SWIN

@@ -1,0 +1,87 @@
+"""One DINO step on a tiny ViT and a tiny Swin."""
+
+import torch
+
+from selfsup.methods.base import Method
+from selfsup.methods.dino import DINO
+from selfsup.models.backbone import create_backbone
+from selfsup.models.multicrop import forward_multicrop, group_by_resolution
+from selfsup.optim.param_groups import param_groups
+
+
+def _views(b=4, n_local=2):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)] + [
+        torch.randn(b, 3, 16, 16, generator=g) for _ in range(n_local)
+    ]
+
+
+def _dino(spec):
+    torch.manual_seed(0)
+    return DINO(create_backbone(spec["name"], model_args=spec["model_args"]), out_dim=256, hidden_dim=64,
+                bottleneck_dim=32, freeze_last_layer_epochs=1)
+
+
+def test_multicrop_groups_and_matches_per_view(tiny_backbone_spec):
+    views = _views()
+    assert group_by_resolution(views) == [(0, 2), (2, 4)]
+    bb = create_backbone(tiny_backbone_spec["name"], model_args=tiny_backbone_spec["model_args"]).eval()
+    batched = forward_multicrop(bb, views)
+    single = torch.cat([bb(v) for v in views])
+    assert batched.shape == (4 * 4, bb.num_features)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_one_dino_step(tiny_backbone_spec):
+    m = _dino(tiny_backbone_spec)
+    assert isinstance(m, Method)
+    teacher_before = {k: v.clone() for k, v in m.teacher_backbone.state_dict().items()}
+    last_before = m.student_head.last_layer.weight_v.detach().clone()
+    opt = torch.optim.AdamW(param_groups(m), lr=1e-2)
+    ctx = m.step_context(0, steps_per_epoch=10, total_steps=100)
+    out = m(_views(), ctx)
+    assert torch.isfinite(out.loss) and out.loss.ndim == 0
+    assert {"embed_std", "teacher_entropy", "teacher_entropy_max"} <= set(out.logs)
+    out.loss.backward()
+    # the teacher is not touched by backward
+    assert all(p.grad is None for p in m.teacher_backbone.parameters())
+    assert all(not p.requires_grad for p in m.teacher_head.parameters())
+    m.before_optimizer_step(ctx)  # epoch 0 < 1: last layer frozen
+    assert m.student_head.last_layer.weight_v.grad is None
+    opt.step()
+    m.after_optimizer_step(ctx)
+    assert torch.equal(m.student_head.last_layer.weight_v, last_before)
+    # the teacher moved by EMA: t = m*t + (1-m)*s
+    s_state = m.student_backbone.state_dict()
+    for k, t_new in m.teacher_backbone.state_dict().items():
+        if t_new.dtype.is_floating_point:
+            expected = ctx.momentum * teacher_before[k] + (1 - ctx.momentum) * s_state[k]
+            torch.testing.assert_close(t_new, expected)
+    assert any(not torch.equal(teacher_before[k], v) for k, v in m.teacher_backbone.state_dict().items())
+
+
+def test_last_layer_trains_after_freeze_epochs():
+    from tests.conftest import TINY_VIT
+
+    m = _dino(TINY_VIT)
+    ctx = m.step_context(10, steps_per_epoch=10, total_steps=100)  # epoch 1.0
+    m(_views(), ctx).loss.backward()
+    m.before_optimizer_step(ctx)
+    assert m.student_head.last_layer.weight_v.grad is not None
+
+
+def test_schedule_values_follow_paper():
+    from tests.conftest import TINY_VIT
+
+    m = _dino(TINY_VIT)
+    assert m.step_context(0, 10, 100).momentum == 0.996
+    assert m.step_context(100, 10, 100).momentum == 1.0
+    assert m.step_context(0, 10, 1000).teacher_temp == 0.04
+    assert abs(m.step_context(300, 10, 1000).teacher_temp - 0.07) < 1e-9
+
+
+def test_teacher_stays_in_eval_mode():
+    from tests.conftest import TINY_VIT
+
+    m = _dino(TINY_VIT).train()
+    assert m.student_backbone.training and not m.teacher_backbone.training and not m.teacher_head.training
