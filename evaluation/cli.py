@@ -43,6 +43,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--img-size", type=_positive, default=None, help="override the export's input size")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
 
 
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear
 
     fractions = parse_fractions(args.label_fractions)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but no CUDA device is visible; expected --device cpu or auto")
     common = dict(img_size=args.img_size, num_workers=args.num_workers, device=args.device)

@@ -14,6 +14,7 @@ import random
 
 import numpy as np
 import timm
+from timm.optim import create_optimizer_v2
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +59,7 @@ def finetune(model: torch.nn.Module, images: LabelledImages, train_indices: list
     seed_everything(seed)
     model.reset_classifier(num_classes)
     model.to(device).train()
-    opt = timm.optim.create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
+    opt = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
     for g in opt.param_groups:
         g["base_lr"] = g["lr"]
     warmup = max(1, steps // 10) if warmup_steps is None else warmup_steps

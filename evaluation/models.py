@@ -18,6 +18,8 @@ import torch
 
 from selfsup.errors import CheckpointError
 
+# Not 0: an export made right after torch.manual_seed(0) (a smoke test) must not equal its own baseline.
+RANDOM_INIT_SEED = 1234
 WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin")
 
 
@@ -29,13 +31,13 @@ class ModelSource:
         name: label in the report (``pretrained``, ``random_init``, ``timm:<dir name>``).
         kind: ``export`` (a local-dir folder), or ``random_init`` (architecture of ``path``, no weights).
         path: the exported / timm folder.
-        seed: init seed for ``random_init``.
+        seed: init seed for ``random_init`` (:data:`RANDOM_INIT_SEED` by default).
     """
 
     name: str
     kind: str
     path: str
-    seed: int = 0
+    seed: int = RANDOM_INIT_SEED
 
 
 @dataclass
@@ -81,7 +83,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def model_sources(*, weights: str, baseline_timm: str | None = None, random_seed: int = 0) -> list[ModelSource]:
+def model_sources(*, weights: str, baseline_timm: str | None = None, random_seed: int = RANDOM_INIT_SEED) -> list[ModelSource]:
     """The models a report compares: the export, its random-init twin, and optionally a local timm folder."""
     read_config(weights)
     sources = [ModelSource("pretrained", "export", weights), ModelSource("random_init", "random_init", weights, random_seed)]
@@ -127,11 +129,12 @@ def load_model(source: ModelSource, *, img_size: int | None = None) -> LoadedMod
         "name": source.name,
         "kind": source.kind,
         "weights": str(Path(source.path).resolve()) if source.kind == "export" else None,
+        "init_seed": source.seed if source.kind == "random_init" else None,
         "weights_id": weights_id,
         "architecture": cfg["architecture"],
         "num_features": int(model.num_features),
         "model_args": cfg.get("model_args") or {},
-        "selfsup": cfg.get("selfsup"),
+        "selfsup": cfg.get("selfsup") if source.kind == "export" else None,
         "input_size": list(data_config["input_size"]),
     }
     return LoadedModel(source=source, model=model, data_config=data_config, info=info)

@@ -222,11 +222,15 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
     return report
 
 
+def _random_label(model: dict[str, Any]) -> str:
+    return f"none (random init, seed {model.get('init_seed')})"
+
+
 def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
     """``report.md`` text, and the same content as ``(kind, payload)`` blocks for the HTML page."""
     d = report["data"]
     blocks: list[tuple[str, Any]] = [("h1", "Label-efficiency report")]
-    what = [f"weights: `{m['weights'] or 'none (random init, seed 0)'}` as **{m['name']}**, `{m['architecture']}` "
+    what = [f"weights: `{m['weights'] or _random_label(m)}` as **{m['name']}**, `{m['architecture']}` "
             f"({m['num_features']}-d features, input {m['input_size'][1]}x{m['input_size'][2]})"
             + (f", {m['selfsup'].get('method', '?')} step {m['selfsup'].get('step', '?')}" if m.get("selfsup") else "")
             for m in report["models"]]

@@ -120,7 +120,7 @@ def _ext_from_magic(data: bytes) -> str:
 def _folder_items(src: Path) -> tuple[Iterator[tuple[str, bytes | None, int | None]], int, list[str]]:
     """Yield ``(key, bytes, cls)`` for every file under ``src`` in sorted relative-path order."""
     files = sorted(
-        (p for p in src.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)),
+        (p for p in src.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(src).parts)),
         key=lambda p: p.relative_to(src).as_posix(),
     )
     if not files:
@@ -168,7 +168,8 @@ def _load_hf(src: str, split: str | None) -> Any:
             except Exception as e:  # noqa: BLE001
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise DataError(
-                    f"{src}: not a folder and not a Hugging Face dataset in the local cache (offline, never downloads): {msg}"
+                    f"{src}: not a folder and not a Hugging Face dataset in the local cache "
+                    f"(offline, never downloads): {msg}"
                 ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split is None:

@@ -105,7 +105,8 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     if missing:
         logger.warning("%d of %d shards are missing and skipped (first: %s)", len(missing), len(candidates), missing[0])
     if not found:
-        raise DataError(f"{os.fspath(spec) if isinstance(spec, str | os.PathLike) else list(spec)}: no shard files found")
+        shown = os.fspath(spec) if isinstance(spec, str | os.PathLike) else [os.fspath(s) for s in spec]
+        raise DataError(f"{shown}: no shard files found")
     return found
 
 

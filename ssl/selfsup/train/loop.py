@@ -70,23 +70,26 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     resume_dir = resolve_resume(cfg.train.resume, run_dir)
 
     state = TrainState.load(resume_dir, rank) if resume_dir else TrainState()
-    position = DataPosition(num_workers=cfg.data.num_workers, world_size=world)
+    position = DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
     if state.data:
         position.load_state_dict(state.data)
+    transform = build_transform(cfg)
     dataset = ShardStream(
         urls=urls,
-        transform=build_transform(cfg),
+        transform=transform,
         batch_size=cfg.train.batch_size,
         seed=cfg.run.seed,
         rank=rank,
         world_size=world,
         shuffle_buffer=cfg.data.shuffle_buffer,
         start_positions=position.start_positions() if state.data else None,
-        draft_size=(cfg.views.global_crop_size,) * 2 if cfg.data.draft_decode else None,
+        first_worker=position.next_worker if state.data else 0,
+        draft_size=transform.draft_size if cfg.data.draft_decode else None,
         max_bad_fraction=cfg.data.max_bad_fraction,
         bad_window=cfg.data.bad_window,
     )
-    loader = make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory)
+    loader = make_loader(dataset, num_workers=cfg.data.num_workers,
+                         pin_memory=cfg.data.pin_memory and accelerator.device.type == "cuda")
 
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process

@@ -1,0 +1,75 @@
+"""SimCLR: a simple framework for contrastive learning (Chen et al. 2020, arXiv 2002.05709).
+
+"A stochastic data augmentation module [...] transforms any given data example randomly resulting in
+two correlated views", a base encoder and "a small neural network projection head g(.) that maps
+representations to the space where contrastive loss is applied" (one hidden layer with ReLU; BN as in
+the authors' code). The loss is NT-Xent: for each of the 2N views, the other view of the same image
+is the positive and the 2(N - 1) other views are negatives, "we do not sample negative examples
+explicitly". With several processes the negatives come from the global batch (lightly's
+``NTXentLoss(gather_distributed=True)``). There is no momentum encoder: the online encoder is exported.
+
+Shapes: b = batch per process, d = backbone dim, k = head output dim.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from torch import Tensor, nn
+
+from selfsup.errors import ConfigError
+from selfsup.methods._signals import embed_std_logs
+from selfsup.methods.base import StepContext, StepOutput
+from selfsup.registry import register
+
+
+class SimCLR(nn.Module):
+    """Backbone + projection head + NT-Xent.
+
+    Args:
+        backbone: a timm backbone, (n, c, h, w) -> (n, d).
+        proj_hidden_dim, out_dim: projection head sizes (paper: 2048 hidden, 128 out).
+        temperature: NT-Xent temperature (paper: 0.1 at large batch sizes).
+    """
+
+    export_encoder = "online"
+
+    def __init__(
+        self, backbone: nn.Module, *, proj_hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.1
+    ) -> None:
+        super().__init__()
+        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(dim, proj_hidden_dim, out_dim, num_layers=2, batch_norm=True)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
+
+    def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
+        return StepContext(step=step, epoch=step / steps_per_epoch)
+
+    def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
+        if len(views) != 2:
+            raise ConfigError(f"simclr takes exactly 2 views, got {len(views)} (set views.n_global=2, views.n_local=0)")
+        emb = self.backbone(torch.cat(views))  # (2b, d)
+        z0, z1 = self.projection_head(emb).float().chunk(2)  # (b, k) each
+        loss = self.criterion(z0, z1)
+        return StepOutput(loss=loss, logs=embed_std_logs(emb[: views[0].shape[0]]))
+
+    def before_optimizer_step(self, ctx: StepContext) -> None:
+        pass
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        pass
+
+    def export_backbone(self) -> nn.Module:
+        return self.backbone
+
+
+@register("simclr")
+def build_simclr(*, make_backbone: Callable[..., nn.Module], n_global: int, **kwargs: object) -> SimCLR:
+    """Builder used by the registry; ``kwargs`` are the fields of ``method.simclr``."""
+    if n_global != 2:
+        raise ConfigError(f"bad value for 'views.n_global': {n_global} (simclr needs exactly 2)")
+    return SimCLR(make_backbone(), **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,49 @@
+"""Helpers for end-to-end tests: a small generated image folder, its shards, and a tiny run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from selfsup.config import Config, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def make_image_folder(root: Path, n_per_class: int = 12, classes: int = 2, size: int = 40, seed: int = 0) -> Path:
+    """Coloured noise images whose class is the dominant colour channel."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            arr = rng.integers(0, 120, (size, size, 3), dtype=np.uint8)
+            arr[..., c % 3] += 120
+            Image.fromarray(arr).save(d / f"img{i:03d}.jpg", quality=90)
+    return root
+
+
+def make_shards(tmp: Path, n_per_class: int = 12, max_per_shard: int = 8) -> Path:
+    from selfsup.data.shard_writer import write_shards
+
+    folder = make_image_folder(tmp / "images", n_per_class=n_per_class)
+    out = tmp / "shards"
+    write_shards(folder, out, max_per_shard=max_per_shard, progress=False)
+    return out
+
+
+def tiny_config(run_dir: Path, shards: Path, *extra: str, method: str = "dino") -> Config:
+    """A DINO config small enough for a test: 2-block ViT, 32/16 px crops, batch 4."""
+    return load_config(
+        CONFIGS / "dino_vit_tiny_cpu.yaml",
+        [
+            f"run.dir={run_dir}", f"data.shards={shards}", "data.num_workers=0", "data.shuffle_buffer=16",
+            "model.args.img_size=32", "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16",
+            "views.n_local=2", "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
+            "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false",
+            "optim.warmup_epochs=0.5", "method.dino.freeze_last_layer_epochs=0.2", f"method.name={method}",
+            *extra,
+        ],
+    )

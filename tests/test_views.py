@@ -1,0 +1,97 @@
+"""Multi-crop and two-view transforms: view counts, sizes, modes, determinism, normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform, TwoViewTransform, ViewTransform
+from selfsup.errors import ConfigError
+
+
+def _image(mode: str = "RGB", size: tuple[int, int] = (48, 40)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    if mode == "I;16":
+        return Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+    return rgb.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
+def test_multicrop_counts_and_sizes_for_every_mode(mode):
+    t = MultiCropTransform(global_crop_size=32, local_crop_size=16, n_global=2, n_local=3)
+    views = t(_image(mode))
+    assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
+
+
+def test_two_view_transform_has_two_global_views():
+    views = TwoViewTransform(crop_size=24)(_image())
+    assert [tuple(v.shape) for v in views] == [(3, 24, 24)] * 2
+
+
+def test_more_global_views_and_no_local_views():
+    views = MultiCropTransform(global_crop_size=20, n_global=3, n_local=0)(_image())
+    assert [tuple(v.shape) for v in views] == [(3, 20, 20)] * 3
+
+
+def test_same_seed_same_views_other_seed_other_views():
+    t = MultiCropTransform(global_crop_size=24, local_crop_size=12, n_local=2)
+    img = _image()
+    torch.manual_seed(3)
+    a = t(img)
+    torch.manual_seed(3)
+    b = t(img)
+    torch.manual_seed(4)
+    c = t(img)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+
+
+def test_identity_view_is_exactly_normalised_pixels():
+    t = ViewTransform(size=40, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, cj_prob=0,
+                      gray_prob=0, blur_prob=0)
+    img = _image(size=(40, 40))
+    out = t(img)
+    expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+                - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_grayscale_gives_equal_channels():
+    t = ViewTransform(size=16, scale=(0.5, 1.0), cj_prob=0, gray_prob=1.0, blur_prob=0, mean=(0, 0, 0), std=(1, 1, 1))
+    out = t(_image())
+    assert torch.allclose(out[0], out[1], atol=1 / 255) and torch.allclose(out[1], out[2], atol=1 / 255)
+
+
+def test_colour_jitter_changes_colours_but_keeps_geometry():
+    kw = dict(size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, gray_prob=0, blur_prob=0)
+    img = _image(size=(32, 32))
+    torch.manual_seed(0)
+    jittered = ViewTransform(cj_prob=1.0, **kw)(img)
+    plain = ViewTransform(cj_prob=0.0, **kw)(img)
+    assert not torch.allclose(jittered, plain, atol=0.05)
+    # An affine colour map keeps the pixel ordering structure: strongly correlated with the input.
+    corr = np.corrcoef(jittered.mean(0).flatten().numpy(), plain.mean(0).flatten().numpy())[0, 1]
+    assert corr > 0.5
+
+
+def test_blur_on_upsampled_crop_matches_blur_after_resize():
+    img = _image(size=(40, 40)).filter(ImageFilter.GaussianBlur(1))
+    kw = dict(size=80, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, cj_prob=0, gray_prob=0,
+              blur_prob=1.0, blur_sigma=(2.0, 2.0), mean=(0, 0, 0), std=(1, 1, 1))
+    ours = ViewTransform(**kw)(img)
+    ref_img = img.resize((80, 80), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2.0))
+    ref = torch.from_numpy(np.array(ref_img)).permute(2, 0, 1).float() / 255
+    assert (ours - ref).abs().mean() < 0.02
+    unblurred = torch.from_numpy(np.array(img.resize((80, 80), Image.Resampling.BILINEAR))).permute(2, 0, 1) / 255
+    assert (unblurred - ref).abs().mean() > 2 * (ours - ref).abs().mean()
+
+
+def test_bad_settings_raise_config_error():
+    with pytest.raises(ConfigError, match="scale"):
+        MultiCropTransform(global_crop_scale=(0.0, 1.0))
+    with pytest.raises(ConfigError, match="n_global"):
+        MultiCropTransform(n_global=0)
