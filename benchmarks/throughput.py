@@ -33,19 +33,24 @@ import ctypes
 import gc
 import json
 import math
+import os
 import platform
 import resource
 import statistics
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from torch import Tensor, nn
+# On a shared CPU, OpenMP threads that spin while waiting for each other are descheduled by the other processes'
+# threads and every parallel region turns into a convoy (a 2-thread ViT step measured 10-20x slower here under
+# load). Passive waiting must be chosen before torch loads libgomp; export OMP_WAIT_POLICY=ACTIVE to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "ssl") not in sys.path:  # run from a fresh clone without `pip install -e .`
@@ -106,8 +111,8 @@ class Result:
     step_times_s: list[float]
     images_per_s: float
     crops_per_s: float
-    peak_mem_gb: float  # CUDA: max_memory_allocated; CPU: peak RSS during its own steps (see module doc)
-    peak_mem_per_image_mb: float
+    peak_mem_gb: float  # CUDA: max_memory_allocated; CPU: peak RSS; both minus the other implementation's state
+    peak_mem_per_image_mb: float  # CPU: RSS above the process baseline (interpreter + libraries) per image
     flops_per_step: float
     achieved_tflops: float
     mfu: float | None  # None when the device peak is unknown
@@ -357,6 +362,9 @@ def make_views(s: Setting, device: torch.device, seed: int = 0) -> list[Tensor]:
 def bench_model(key: str, s: Setting, *, device: torch.device, use_compile: bool, peak_tflops: float | None,
                 log: Callable[[str], None]) -> ModelReport:
     timm_name, model_args = MODELS[key]
+    gc.collect()
+    _malloc_trim()
+    baseline = 0 if device.type == "cuda" else _rss_bytes()  # CPU: the interpreter and libraries, before any model
     torch.manual_seed(0)
     backbone = create_backbone(timm_name, model_args=model_args)
     ref_backbone = copy.deepcopy(backbone)  # same initial weights for both
@@ -410,7 +418,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, use_compile: bool
         return Result(
             impl=name, step_time_s=t, step_times_s=[round(x, 4) for x in times[name]],
             images_per_s=s.batch_size / t, crops_per_s=s.batch_size * crops / t,
-            peak_mem_gb=peaks[name] / 1e9, peak_mem_per_image_mb=peaks[name] / 1e6 / s.batch_size,
+            peak_mem_gb=peaks[name] / 1e9, peak_mem_per_image_mb=(peaks[name] - baseline) / 1e6 / s.batch_size,
             flops_per_step=flops, achieved_tflops=flops / t / 1e12,
             mfu=(flops / t / 1e12 / peak_tflops) if peak_tflops else None,
         )
@@ -432,7 +440,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, use_compile: bool
 # ----------------------------------------------------------------------------------------------------------------
 # --quick on the CPU: ViT-S/16 with the real crops at batch 4; ViT-B/16 and Swin-T on half-size crops (112 + 48).
 QUICK_CPU: dict[str, Setting] = {
-    "vit_s16": Setting(batch_size=4, warmup=1, steps=3),
+    "vit_s16": Setting(batch_size=4, warmup=1, steps=3),  # the FLOP-counting step is the first warmup step
     "vit_b16": Setting(batch_size=2, global_size=112, local_size=48, n_local=6, warmup=1, steps=3),
     "swin_t": Setting(batch_size=2, global_size=112, local_size=48, n_local=6, warmup=1, steps=3),
 }
@@ -510,7 +518,9 @@ def main(argv: list[str] | None = None) -> int:
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     machine = {
         "device": args.device, "device_name": dev_name, "torch_threads": torch.get_num_threads(),
-        "cpu_count": __import__("os").cpu_count(), "torch": torch.__version__, "timm": timm.__version__,
+        "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "timm_fused_attn": bool(timm.layers.use_fused_attn()),
         "peak_tflops": peak, "peak_source": peak_src, "compile": args.compile, "quick": args.quick,
     }

@@ -13,7 +13,7 @@ for p in (ROOT / "ssl", ROOT):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # tests run beside data workers and other processes on 2 cores
 
 TINY_VIT = dict(name="vit_tiny_patch16_224", model_args=dict(img_size=32, patch_size=8))
 TINY_SWIN = dict(

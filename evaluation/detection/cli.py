@@ -47,6 +47,8 @@ def add_detect_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--layer-decay", type=float, default=0.75, help="backbone layer-wise lr decay (1 = none)")
     p.add_argument("--fpn-channels", type=int, default=256)
+    p.add_argument("--proposals", type=int, default=1000, help="RPN proposals per image (training; half at test)")
+    p.add_argument("--rois-per-image", type=int, default=256, help="proposals sampled per image for the box loss")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--baseline-timm", action="append", default=[],
                    help="extra backbone: exported-style folder or TIMM_NAME=/path/weights.safetensors (repeatable)")
@@ -65,7 +67,7 @@ def add_detect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def _check(args: argparse.Namespace) -> None:
-    for name in ("steps", "img_size", "batch_size", "fpn_channels"):
+    for name in ("steps", "img_size", "batch_size", "fpn_channels", "proposals", "rois_per_image"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')}: {getattr(args, name)}; expected a positive integer")
     if not args.label_fractions or not args.seeds:
@@ -106,7 +108,8 @@ def run_detect(args: argparse.Namespace) -> int:
     results = run_transfer(dataset, sources, fractions=args.label_fractions, seeds=args.seeds, steps=args.steps,
                            img_size=args.img_size, batch_size=args.batch_size, lr=args.lr,
                            weight_decay=args.weight_decay, layer_decay=args.layer_decay,
-                           fpn_channels=args.fpn_channels, device=device,
+                           fpn_channels=args.fpn_channels, proposals=args.proposals,
+                           rois_per_image=args.rois_per_image, device=device,
                            log=lambda m: print(m, flush=True), log_every=args.log_every)
     rows = aggregate(results)
     out = Path(args.out)

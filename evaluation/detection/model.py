@@ -20,7 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_channels: int = 256) -> FasterRCNN:
+def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_channels: int = 256,
+                   proposals: int = 1000, rois_per_image: int = 256) -> FasterRCNN:
     """Faster R-CNN with FPN levels at strides 8-64 over a timm ``body``.
 
     Args:
@@ -28,6 +29,9 @@ def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_chan
         num_classes: Object classes of the data set, without background.
         img_size: Longer image side fed to the backbone.
         fpn_channels: FPN width; the box head's MLP width follows it (``4 * fpn_channels``).
+        proposals: RPN proposals kept per image after NMS (training; half of it at test time).
+        rois_per_image: Proposals sampled per image for the box-head loss. The box head dominates
+            the cost of small backbones; torchvision's COCO defaults are 2000 / 512.
 
     Returns:
         A ``FasterRCNN``: ``model(images, targets)`` gives losses in train mode, detections in eval mode.
@@ -52,5 +56,10 @@ def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_chan
         box_roi_pool=roi_pool,
         box_head=TwoMLPHead(fpn_channels * 7 * 7, hidden),
         box_predictor=FastRCNNPredictor(hidden, num_classes + 1),  # + 1: background is class 0
+        rpn_pre_nms_top_n_train=proposals,
+        rpn_post_nms_top_n_train=proposals,
+        rpn_pre_nms_top_n_test=max(1, proposals // 2),
+        rpn_post_nms_top_n_test=max(1, proposals // 2),
+        box_batch_size_per_image=rois_per_image,
         box_detections_per_img=100,
     )

@@ -42,6 +42,7 @@ class RunResult:
 def run_transfer(dataset: DetectionDataset, sources: Sequence[BackboneSource], *, fractions: Sequence[float],
                  seeds: Sequence[int], steps: int, img_size: int, batch_size: int, lr: float,
                  weight_decay: float = 0.05, layer_decay: float = 0.75, fpn_channels: int = 256,
+                 proposals: int = 1000, rois_per_image: int = 256,
                  device: str = "cpu", log: Callable[[str], None] = print, log_every: int = 0) -> list[RunResult]:
     """Fine-tunes and evaluates one detector per (source, fraction, seed).
 
@@ -61,7 +62,8 @@ def run_transfer(dataset: DetectionDataset, sources: Sequence[BackboneSource], *
                 body = source.build(seed=seed)
                 torch.manual_seed(seed)  # same head init and batch order for every backbone
                 detector = build_detector(body, num_classes=len(dataset.classes), img_size=img_size,
-                                          fpn_channels=fpn_channels)
+                                          fpn_channels=fpn_channels, proposals=proposals,
+                                          rois_per_image=rois_per_image)
                 train_set.rng = np.random.default_rng(seed)  # same flips too
                 loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True,
                                     collate_fn=collate, drop_last=True,

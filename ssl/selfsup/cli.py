@@ -36,7 +36,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain(cfg)
     from selfsup.train.report import format_summary
 
-    print(format_summary(summary))
+    if summary.get("process_index", 0) == 0:
+        print(format_summary(summary))
     return 0
 
 
@@ -53,11 +54,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_shard(args: argparse.Namespace) -> int:
     from selfsup.data.shard_writer import write_shards
 
-    summary = write_shards(
+    write_shards(  # prints its progress bar and summary
         args.src, args.out_dir, max_per_shard=args.max_per_shard, image_column=args.image_column,
         label_column=args.label_column, split=args.split,
     )
-    print(summary if isinstance(summary, str) else getattr(summary, "describe", lambda: summary)())
     return 0
 
 

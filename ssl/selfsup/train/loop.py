@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        cpu=cfg.train.device == "cpu",
+        # Without a GPU, accelerate only sets up a process group (gloo) when told cpu=True.
+        cpu=cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()),
         log_with="tensorboard",
         project_dir=cfg.run.dir,
     )
@@ -49,9 +51,18 @@ def _compile_backbones(method: torch.nn.Module) -> None:
             module.compile()
 
 
+def _cpu_threads(num_workers: int) -> None:
+    """On a CPU, leave a core to each data worker: oversubscribed OpenMP threads spin and can make a step
+    many times slower. An explicit OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
+
+
 def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining as configured; returns the summary also written to ``summary.json``."""
     accelerator = accelerator or make_accelerator(cfg)
+    if accelerator.device.type == "cpu":
+        _cpu_threads(cfg.data.num_workers * accelerator.num_processes)
     run_dir = Path(cfg.run.dir)
     world, rank = accelerator.num_processes, accelerator.process_index
 
@@ -198,7 +209,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
         "images_per_s": (state.step - step_start) * global_batch / max(elapsed, 1e-9),
         "final": last, "skipped_samples": dict(position.skipped), "bad_steps": state.bad_steps_total,
-        "run_dir": str(run_dir), "config_hash": cfg_hash, "method": cfg.method.name, "model": cfg.model.name,
+        "run_dir": str(run_dir), "config_hash": cfg_hash, "process_index": rank, "method": cfg.method.name, "model": cfg.model.name,
     }
     if accelerator.is_main_process:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
