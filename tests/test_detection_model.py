@@ -179,3 +179,18 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
     # Bad input: one line, exit code 2.
     assert main(argv[:2] + ["--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("patch", [4, 16])
+def test_simple_feature_pyramid_upsamples_and_pools_to_target_strides(patch: int) -> None:
+    from evaluation.detection.backbone import SimpleFeaturePyramid
+
+    sfp = SimpleFeaturePyramid(32, patch_stride=patch)
+    x = torch.randn(1, 32, 256 // patch, 128 // patch)  # the ViT map of a 256 x 128 image
+    outs = sfp(x)
+    assert [o.shape[-2:] for o in outs] == [(256 // s, 128 // s) for s in (8, 16, 32, 64)]
+    assert [o.shape[1] for o in outs] == sfp.out_channels
+    n_deconv = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in sfp.modules())
+    assert n_deconv == (1 if patch == 16 else 0)
+    with pytest.raises(ValueError, match="power of two"):
+        SimpleFeaturePyramid(32, patch_stride=12)

@@ -112,7 +112,7 @@ def train_detector(detector: nn.Module, loader: DataLoader, *, steps: int, lr: f
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps - 1):
             parts = " ".join(f"{k.removeprefix('loss_')}={v.item():.3f}" for k, v in loss_dict.items())
-            print(f"  step {step:5d}/{steps} lr {step_lr:.2e} loss {float(loss):.4f} ({parts})", flush=True)
+            print(f"  step {step:5d}/{steps} lr {step_lr:.2e} loss {loss.item():.4f} ({parts})", flush=True)
     return losses
 
 

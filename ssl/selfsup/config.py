@@ -270,8 +270,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("bad value for 'train.epochs': expected > 0 (or set train.max_steps)")
     if cfg.views.n_global < 1 or cfg.views.n_local < 0:
         raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
-    if cfg.method.name != "dino" and cfg.views.n_global != 2:
-        raise ConfigError(f"bad value for 'views.n_global': {cfg.method.name} needs exactly 2 global views")
+    if cfg.method.name != "dino" and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
+        raise ConfigError(
+            f"bad value for 'views.n_global'/'views.n_local': {cfg.method.name} takes exactly 2 views "
+            f"(views.n_global=2 views.n_local=0), got {cfg.views.n_global} + {cfg.views.n_local}"
+        )
     if cfg.views.n_global + cfg.views.n_local < 2:
         raise ConfigError("views: need at least two views in total (views.n_global + views.n_local >= 2)")
     for key in ("global_crop_scale", "local_crop_scale"):

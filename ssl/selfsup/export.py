@@ -19,36 +19,22 @@ from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
 
 from selfsup.build import build_method
 from selfsup.config import Config, config_hash, load_config
 from selfsup.errors import CheckpointError
-from selfsup.train.checkpoint import latest_checkpoint, resolve_resume
-
-MODEL_FILE = "model.safetensors"
-
+from selfsup.train.checkpoint import (
+    MODEL_FILE,
+    check_keys_match,
+    latest_checkpoint,
+    read_checkpoint_weights,
+    resolve_resume,
+)
 
 def load_checkpoint_weights(method: torch.nn.Module, ckpt: Path) -> None:
     """Load ``ckpt/model.safetensors`` into ``method`` strictly, with a clear error on any mismatch."""
-    path = ckpt / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (expected accelerate's safetensors model file)")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    own = method.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong_shape:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = [f"{name}: {show(keys)}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)) if keys]
-        raise CheckpointError(f"{path} does not match the configured method/model; " + "; ".join(parts))
+    state = read_checkpoint_weights(ckpt)
+    check_keys_match(method.state_dict(), state, ckpt / MODEL_FILE)
     method.load_state_dict(state, strict=True)
 
 

@@ -20,7 +20,7 @@ class StepContext:
     step: int
     epoch: float  # fractional nominal epoch, step / steps_per_epoch
     momentum: float = 1.0  # EMA momentum of the teacher / momentum encoder
-    teacher_temp: float = 0.04  # DINO teacher temperature
+    teacher_temp: float | None = None  # DINO's teacher temperature (None for methods without one)
 
 
 @dataclass

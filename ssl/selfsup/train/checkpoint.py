@@ -14,6 +14,7 @@ from pathlib import Path
 from selfsup.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
+MODEL_FILE = "model.safetensors"  # what accelerate's save_state writes for the prepared model
 PREFIX = "step_"
 
 
@@ -91,6 +92,75 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
         ) from None
     accelerator.wait_for_everyone()
     return final
+
+
+def read_checkpoint_weights(ckpt: Path) -> dict:
+    """The model tensors of a checkpoint folder (safetensors only: nothing is unpickled)."""
+    from safetensors.torch import load_file
+
+    path = ckpt / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (expected accelerate's safetensors model file)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def checkpoint_shapes(ckpt: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a checkpoint's model tensors, read from the safetensors header only."""
+    from safetensors import safe_open
+
+    path = ckpt / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (expected accelerate's safetensors model file)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def check_keys_match(own: dict, state: dict, path: Path) -> None:
+    """Raise a CheckpointError listing missing / unexpected / mis-shaped keys: never a silent partial load.
+
+    ``own`` and ``state`` map keys to tensors or to shapes."""
+    def shape(v):
+        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if shape(own[k]) != shape(state[k]))
+    if not (missing or unexpected or wrong_shape):
+        return
+
+    def show(keys: list[str]) -> str:
+        return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+    parts = [f"{name}: {show(keys)}" for name, keys in
+             (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)) if keys]
+    raise CheckpointError(f"{path} does not match the configured method/model; " + "; ".join(parts))
+
+
+def load_training_state(accelerator, ckpt: Path, model=None) -> None:
+    """``accelerator.load_state`` with a clear error. Weights are safetensors; optimizer, scaler and RNG files
+    are read by accelerate with ``torch.load(weights_only=True)``, so a file that needs arbitrary unpickling
+    (and could run code) is refused, never executed."""
+    import pickle
+
+    if model is not None:
+        check_keys_match(model.state_dict(), checkpoint_shapes(ckpt), ckpt / MODEL_FILE)
+    try:
+        accelerator.load_state(str(ckpt))
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{ckpt}: refused to load: a file needs arbitrary unpickling, which could run code "
+            f"(only weights-only pickles and safetensors are read): {first}"
+        ) from None
+    except (RuntimeError, KeyError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({first})") from None
 
 
 def _fsync_dir(path: Path) -> None:

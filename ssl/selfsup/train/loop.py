@@ -27,7 +27,7 @@ from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_l
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.checkpoint import resolve_resume, save_checkpoint
+from selfsup.train.checkpoint import load_training_state, resolve_resume, save_checkpoint
 from selfsup.train.state import TrainState
 
 log = logging.getLogger("selfsup")
@@ -42,6 +42,21 @@ def make_accelerator(cfg: Config) -> Accelerator:
         log_with="tensorboard",
         project_dir=cfg.run.dir,
     )
+
+
+def unwrap_backbone(method: torch.nn.Module) -> torch.nn.Module:
+    return method.export_backbone()  # type: ignore[operator]
+
+
+def check_crop_sizes(backbone: torch.nn.Module, global_size: int, local_size: int | None) -> None:
+    """Ask the model for its patch size: crops must be a multiple of it (ViT and Swin patch embeddings)."""
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    if not patch or getattr(backbone.patch_embed, "dynamic_img_pad", False):
+        return
+    p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    for key, size in (("views.global_crop_size", global_size), ("views.local_crop_size", local_size)):
+        if size is not None and size % p:
+            raise ConfigError(f"bad value for '{key}': {size} is not a multiple of the model's patch size {p}")
 
 
 def _compile_backbones(method: torch.nn.Module) -> None:
@@ -105,6 +120,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process
     method = build_method(cfg)
+    check_crop_sizes(unwrap_backbone(method), cfg.views.global_crop_size,
+                     cfg.views.local_crop_size if cfg.views.n_local else None)
     if cfg.train.compile:
         _compile_backbones(method)
     use_fused = cfg.optim.fused and accelerator.device.type == "cuda"
@@ -112,7 +129,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     method, optimizer = accelerator.prepare(method, optimizer)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
-        accelerator.load_state(str(resume_dir))
+        load_training_state(accelerator, resume_dir, unwrapped)
         log.info("resumed from %s at step %d", resume_dir, state.step)
     else:
         set_seed(cfg.run.seed + rank)  # different drop-path noise per process
@@ -124,6 +141,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     peak_lr = scaled_lr(cfg.optim.lr, global_batch)
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     params = [p for p in method.parameters() if p.requires_grad]
+    buffers = list(method.buffers())
     max_norm = cfg.optim.clip_grad or math.inf  # always measure the norm: it decides non-finite steps
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
@@ -144,6 +162,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         for group in optimizer.param_groups:
             group["lr"] = lr
             group["weight_decay"] = wd * group.get("wd_mult", 1.0)
+        # Buffers that forward updates (DINO center, MoBY queues, BN statistics) are restored on a bad step.
+        snapshot = [b.detach().clone() for b in buffers]
         for _ in range(cfg.train.grad_accum):
             batch = next(batches)
             position.update(batch["meta"])
@@ -158,15 +178,18 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         if world > 1:  # every process must take the same decision
             bad = accelerator.reduce(bad.float(), reduction="sum") > 0
         if bool(bad):  # the one host sync per step: skipping needs it
+            with torch.no_grad():
+                for buf, saved in zip(buffers, snapshot):
+                    buf.copy_(saved)
             state.bad_steps_total += 1
             state.bad_steps_in_row += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", state.step,
+            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", state.step + 1,
                         state.bad_steps_in_row)
             if state.bad_steps_in_row >= cfg.train.max_bad_steps:
                 from selfsup.train.checkpoint import latest_checkpoint
 
                 raise TrainingError(
-                    f"{state.bad_steps_in_row} non-finite steps in a row at step {state.step}; last good checkpoint: "
+                    f"{state.bad_steps_in_row} non-finite steps in a row at step {state.step + 1}; last good checkpoint: "
                     f"{latest_checkpoint(run_dir) or '(none)'}. Lower optim.lr or use train.mixed_precision=bf16, "
                     f"then resume with train.resume=auto"
                 )
@@ -184,7 +207,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
             dt = time.perf_counter() - t_log
             last = {
                 "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": loss, "lr": lr, "wd": wd,
-                "momentum": ctx.momentum, "teacher_temp": ctx.teacher_temp,
+                "momentum": ctx.momentum, **({"teacher_temp": ctx.teacher_temp} if ctx.teacher_temp is not None else {}),
                 "images_per_s": samples_log * world / max(dt, 1e-9),
                 "grad_norm": float(grad_norm), "bad_steps": state.bad_steps_total,
                 "skipped_samples": sum(position.skipped.values()),
@@ -197,7 +220,10 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                 accelerator.log({k: v for k, v in last.items() if k != "step"}, step=state.step)
                 bar.set_postfix(loss=f"{loss:.4f}", ips=f"{last['images_per_s']:.0f}")
 
-        if (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step:
+        save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
+        # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final
+        # one is always written: skipped steps leave a valid state.
+        if save_due and (state.bad_steps_in_row == 0 or state.step == stop_step):
             save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml}, cfg.train.keep_last,
                             write_process_files=write_process_state)
     bar.close()

@@ -1,0 +1,161 @@
+"""Faults: non-finite steps are skipped, checkpoint writes never destroy the previous one, pickles that
+would run code are refused, and bad CLI input fails early with one line."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfsup.cli import main as cli_main
+from selfsup.errors import CheckpointError, TrainingError
+from selfsup.methods.dino import DINO
+from selfsup.train import checkpoint as ckpt_mod
+from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints
+from selfsup.train.loop import pretrain
+from tests.pipeline_utils import make_shards, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("fault_data"))
+
+
+def _nan_at(steps: set[int]):
+    """Patch DINO.forward so that the loss is NaN at the given steps."""
+    original = DINO.forward
+
+    def forward(self, views, ctx):
+        out = original(self, views, ctx)
+        if ctx.step in steps:
+            out.loss = out.loss * float("nan")
+        return out
+
+    return forward
+
+
+def test_non_finite_step_is_skipped(tmp_path, shards, monkeypatch):
+    monkeypatch.setattr(DINO, "forward", _nan_at({2}))
+    summary = pretrain(tiny_config(tmp_path / "r", shards, "train.max_steps=3", "train.save_every=1",
+                                   "train.keep_last=5"))
+    assert summary["bad_steps"] == 1
+    steps = list_checkpoints(tmp_path / "r")
+    before, after = (load_file(str(steps[i] / "model.safetensors")) for i in (1, 2))  # step 2 -> step 3
+    # step index 2 (the third step) was skipped: no optimizer update, no EMA update, no center update
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_too_many_bad_steps_stop_with_resume_hint(tmp_path, shards, monkeypatch):
+    monkeypatch.setattr(DINO, "forward", _nan_at({2, 3, 4}))
+    cfg = tiny_config(tmp_path / "r", shards, "train.max_steps=8", "train.save_every=2", "train.max_bad_steps=3")
+    with pytest.raises(TrainingError, match=r"3 non-finite steps in a row .*step_00000002.*train.resume=auto"):
+        pretrain(cfg)
+    assert latest_checkpoint(tmp_path / "r").name == "step_00000002"
+
+
+def test_failed_checkpoint_write_keeps_previous(tmp_path, shards, monkeypatch):
+    run = tmp_path / "r"
+    pretrain(tiny_config(run, shards, "train.max_steps=2", "train.save_every=2"))
+    good = latest_checkpoint(run)
+    from accelerate import Accelerator
+
+    def disk_full(self, output_dir=None, **kw):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Accelerator, "save_state", disk_full)
+    with pytest.raises(CheckpointError, match=r"No space left on device.*step_00000002 is intact"):
+        pretrain(tiny_config(run, shards, "train.max_steps=4", "train.save_every=2", "train.resume=auto"))
+    assert latest_checkpoint(run) == good
+    assert load_file(str(good / "model.safetensors"))  # still loads
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+KILL_DURING_SAVE = r"""
+import os, signal, sys
+from pathlib import Path
+from accelerate import Accelerator
+from selfsup.train.loop import pretrain
+from tests.pipeline_utils import tiny_config
+
+real = Accelerator.save_state
+def save_then_die(self, output_dir=None, **kw):
+    if output_dir.endswith("step_00000004"):
+        real(self, output_dir=output_dir, **kw)   # files written, but the folder was never renamed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, output_dir=output_dir, **kw)
+Accelerator.save_state = save_then_die
+pretrain(tiny_config(Path(sys.argv[1]), Path(sys.argv[2]), "train.max_steps=6", "train.save_every=2"))
+"""
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, shards):
+    run = tmp_path / "r"
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(run), str(shards)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert list((run / "checkpoints").glob(".tmp-step_00000004"))  # the interrupted save
+    assert latest_checkpoint(run).name == "step_00000002"
+    # resume=auto picks the complete one and finishes the run
+    summary = pretrain(tiny_config(run, shards, "train.max_steps=6", "train.save_every=2", "train.resume=auto"))
+    assert summary["steps"] == 6 and summary["steps_this_run"] == 4
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['SELFSUP_PWNED']}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, shards, monkeypatch):
+    run = tmp_path / "r"
+    pretrain(tiny_config(run, shards, "train.max_steps=2", "train.save_every=2"))
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("SELFSUP_PWNED", str(marker))
+    ckpt = latest_checkpoint(run)
+    with open(ckpt / "optimizer.bin", "wb") as f:
+        pickle.dump({"state": _RunsCode()}, f)
+    with pytest.raises(CheckpointError, match="refused to load: a file needs arbitrary unpickling"):
+        pretrain(tiny_config(run, shards, "train.max_steps=4", "train.resume=auto"))
+    assert not marker.exists()
+
+
+def test_resume_from_other_architecture_lists_keys(tmp_path, shards):
+    run = tmp_path / "r"
+    pretrain(tiny_config(run, shards, "train.max_steps=2", "train.save_every=2"))
+    with pytest.raises(CheckpointError, match=r"does not match .*missing: .*blocks\.2"):
+        pretrain(tiny_config(run, shards, "model.args.depth=3", "train.max_steps=4", "train.resume=auto"))
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("data.shards=/nonexistent/shard-{000000..000003}.tar", "/nonexistent"),
+        ("views.global_crop_size=36", "not a multiple of the model's patch size 8"),
+        ("train.resume=/nonexistent/ckpt", "not a complete checkpoint folder"),
+        ("train.batch_size=64", "smaller than one global batch"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2(tmp_path, shards, capsys, override, fragment):
+    config = ROOT / "configs" / "dino_vit_tiny_cpu.yaml"
+    if "global_crop_size" in override:  # the patch size is known only by the model, not by model.args
+        config = tmp_path / "patch8.yaml"
+        config.write_text("model: {name: vit_small_patch8_224, args: {img_size: 32, depth: 1, embed_dim: 48, "
+                          "num_heads: 2}}\nviews: {local_crop_size: 16}\ntrain: {device: cpu, batch_size: 4}\n")
+    args = ["pretrain", str(config), f"run.dir={tmp_path / 'r'}", f"data.shards={shards}", "train.max_steps=1",
+            "train.batch_size=4", override]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("selfsup: error:") and fragment in err[0], err
+    assert not list((tmp_path / "r").glob("checkpoints/*"))
