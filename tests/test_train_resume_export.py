@@ -110,3 +110,16 @@ def test_export_refuses_incomplete_and_mismatched(tmp_path, shards):
     with pytest.raises(CheckpointError, match=r"missing: .*blocks\.2"):
         export(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_and_grad_accum_on_cpu(tmp_path, shards):
+    summary = pretrain(tiny_config(tmp_path / "r", shards, "train.max_steps=2", "train.mixed_precision=bf16",
+                                   "train.grad_accum=2"))
+    assert summary["global_batch"] == 8 and summary["steps"] == 2
+    assert torch.isfinite(torch.tensor(summary["final"]["loss"]))
+    assert list((tmp_path / "r").rglob("events.out.tfevents*"))  # TensorBoard through accelerate's tracker
+
+
+def test_lightly_view_backend_trains(tmp_path, shards):
+    summary = pretrain(tiny_config(tmp_path / "r", shards, "train.max_steps=1", "views.backend=lightly"))
+    assert summary["steps"] == 1 and torch.isfinite(torch.tensor(summary["final"]["loss"]))

@@ -27,10 +27,21 @@ def build_method(cfg: Config) -> nn.Module:
 
 
 def build_transform(cfg: Config):
-    """Multi-crop views for every method (contrastive configs set ``views.n_local=0``)."""
+    """Multi-crop views for every method (contrastive configs set ``views.n_local=0``).
+
+    ``views.backend=lightly`` uses lightly's ``DINOTransform`` itself (the reference); the default ``fast`` backend
+    applies the same ops with fewer image passes (see :mod:`selfsup.data.views`)."""
     from selfsup.data.views import MultiCropTransform
 
     v = cfg.views
+    if v.backend == "lightly":
+        from lightly.transforms import DINOTransform
+
+        return DINOTransform(
+            global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale),
+            local_crop_size=v.local_crop_size, local_crop_scale=tuple(v.local_crop_scale), n_local_views=v.n_local,
+            normalize={"mean": list(v.mean), "std": list(v.std)},
+        )
     return MultiCropTransform(
         global_crop_size=v.global_crop_size,
         global_crop_scale=tuple(v.global_crop_scale),

@@ -25,6 +25,7 @@ from selfsup.errors import ConfigError
 METHODS = ("dino", "mocov3", "moby", "simclr")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+VIEW_BACKENDS = ("fast", "lightly")
 
 
 @dataclass
@@ -49,6 +50,7 @@ class DataConfig:
 class ViewsConfig:
     """Multi-crop views (DINO): ``n_global`` crops of ``global_crop_size`` + ``n_local`` of ``local_crop_size``."""
 
+    backend: str = "fast"  # fast (ours, same ops, ~2-3x faster per core) | lightly (lightly's DINOTransform)
     n_global: int = 2
     global_crop_size: int = 224
     global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
@@ -255,6 +257,9 @@ def validate(cfg: Config) -> None:
     _choice("method.name", cfg.method.name, METHODS)
     _choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
     _choice("train.device", cfg.train.device, DEVICES)
+    _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
+    if cfg.views.backend == "lightly" and cfg.views.n_global != 2:
+        raise ConfigError("bad value for 'views.n_global': views.backend=lightly (DINOTransform) makes exactly 2 global views")
     positive = {
         "train.batch_size": cfg.train.batch_size,
         "train.grad_accum": cfg.train.grad_accum,

@@ -110,7 +110,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         shuffle_buffer=cfg.data.shuffle_buffer,
         start_positions=position.start_positions() if state.data else None,
         first_worker=position.next_worker if state.data else 0,
-        draft_size=transform.draft_size if cfg.data.draft_decode else None,
+        draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
         max_bad_fraction=cfg.data.max_bad_fraction,
         bad_window=cfg.data.bad_window,
     )
