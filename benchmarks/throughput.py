@@ -17,10 +17,14 @@ Timed steps alternate ours / reference, so load from other processes on a shared
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over one full training step (teacher forward,
 student forward and backward); MFU = FLOPs / step time / device peak.
 
+On CUDA, TF32 matmuls are allowed for both (this only helps the fp32 reference). On the CPU the script sets
+``OMP_WAIT_POLICY=PASSIVE`` unless it is already set (see below), for both implementations alike.
+
 Usage::
 
     python benchmarks/throughput.py --device cpu --quick --out throughput_cpu.json
-    python benchmarks/throughput.py --device cuda --out throughput_cuda.json [--compile]
+    python benchmarks/throughput.py --device cpu --quick --models vit_s16 --precision bf16   # CPU bf16 autocast
+    python benchmarks/throughput.py --device cuda --out throughput_cuda.json [--compile] [--measure-peak]
 
 Shapes: b = batch (images), g = global crops, l = local crops, G/L = global/local crop size.
 """
@@ -197,6 +201,7 @@ class OursStep:
         self.method, self.optimizer = self.accelerator.prepare(method, optimizer)
         self.unwrapped: DINO = self.accelerator.unwrap_model(self.method)
         self.params = [p for p in self.method.parameters() if p.requires_grad]
+        self.buffers = list(self.method.buffers())
         self.max_norm = clip_grad or math.inf
         self.steps_per_epoch, self.total_steps = 10, 10_000
         self.step = self.steps_per_epoch  # epoch 1: the head's last layer trains, as in the reference
@@ -211,12 +216,16 @@ class OursStep:
         for group in optimizer.param_groups:
             group["lr"] = lr
             group["weight_decay"] = wd * group.get("wd_mult", 1.0)
+        snapshot = [b.detach().clone() for b in self.buffers]  # restored on a bad step, as the loop does
         with acc.accumulate(method):
             out = method(views, ctx)
             acc.backward(out.loss)
         grad_norm = acc.clip_grad_norm_(self.params, self.max_norm)
         bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))) | (~torch.isfinite(out.loss.detach()))
         if bool(bad):  # the one host sync per step
+            with torch.no_grad():
+                for buf, saved in zip(self.buffers, snapshot):
+                    buf.copy_(saved)
             self.bad_steps += 1
         else:
             self.unwrapped.before_optimizer_step(ctx)
@@ -360,8 +369,8 @@ def make_views(s: Setting, device: torch.device, seed: int = 0) -> list[Tensor]:
 # ----------------------------------------------------------------------------------------------------------------
 # One model
 # ----------------------------------------------------------------------------------------------------------------
-def bench_model(key: str, s: Setting, *, device: torch.device, use_compile: bool, peak_tflops: float | None,
-                log: Callable[[str], None]) -> ModelReport:
+def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_compile: bool,
+                peak_tflops: float | None, log: Callable[[str], None]) -> ModelReport:
     timm_name, model_args = MODELS[key]
     gc.collect()
     _malloc_trim()
@@ -373,7 +382,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, use_compile: bool
     params_m = sum(p.numel() for p in backbone.parameters()) / 1e6
 
     method = DINO(backbone, n_global=s.n_global, out_dim=s.out_dim).to(device)
-    ours = OursStep(method, device=device, bf16=device.type == "cuda", fused=device.type == "cuda")
+    ours = OursStep(method, device=device, bf16=bf16, fused=device.type == "cuda")
     ref_model = ReferenceDINO(ref_backbone, dim, s.out_dim).to(device)
     ref_model.student_head.load_state_dict(method.student_head.state_dict())
     ref_model.teacher_head.load_state_dict(method.teacher_head.state_dict())
@@ -469,6 +478,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per implementation (after the FLOP count)")
     p.add_argument("--compile", action="store_true", help="torch.compile our backbones (train.compile=true)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="ours: bf16 autocast (train.mixed_precision=bf16) or fp32; auto = bf16 on CUDA, fp32 on CPU.\n"
+                        "The reference always runs fp32, as lightly's example does.")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CUDA: looked up by name)")
     p.add_argument("--measure-peak", action="store_true", help="also measure a dense matmul peak (bf16 CUDA, fp32 CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
@@ -519,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak, peak_src = device_peak_tflops(device, args.peak_tflops)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
     machine = {
         "device": args.device, "device_name": dev_name, "torch_threads": torch.get_num_threads(),
@@ -527,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "timm_fused_attn": bool(timm.layers.use_fused_attn()),
         "peak_tflops": peak, "peak_source": peak_src, "compile": args.compile, "quick": args.quick,
+        "ours_precision": "bf16 autocast" if bf16 else "fp32", "ours_fused_adamw": device.type == "cuda",
     }
     if args.measure_peak:
         if device.type == "cuda":
@@ -542,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{key}] {MODELS[key][0]}: batch {s.batch_size}, {s.n_global}x{s.global_size} + "
               f"{s.n_local}x{s.local_size} crops, head out_dim {s.out_dim}, warmup {s.warmup}, timed {s.steps}",
               flush=True)
-        reports.append(bench_model(key, s, device=device, use_compile=args.compile, peak_tflops=peak,
+        reports.append(bench_model(key, s, device=device, bf16=bf16, use_compile=args.compile, peak_tflops=peak,
                                    log=lambda m: print(m, flush=True)))
     print()
     print_table(reports, "peak GB" if device.type == "cuda" else "peak RSS GB")

@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 OUT=runs/quickstart
 mkdir -p "$OUT"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep instead of spinning beside data workers
 
 echo "== 1/5 example data: ELPV solar cells -> $OUT/data"
 python -c "from selfsup.data.elpv import prepare_elpv; print(prepare_elpv('$OUT/data'))"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning: with data workers and subprocesses beside the test process on
+# 2 cores, spinning threads made steps many times slower. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT / "ssl", ROOT):
@@ -25,3 +30,13 @@ TINY_SWIN = dict(
 @pytest.fixture(params=["vit", "swin"])
 def tiny_backbone_spec(request):
     return TINY_VIT if request.param == "vit" else TINY_SWIN
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (mixed precision differs between tests); accelerate keeps
+    one process-wide state, so reset it between tests as accelerate's own test-suite does."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

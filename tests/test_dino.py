@@ -85,3 +85,14 @@ def test_teacher_stays_in_eval_mode():
 
     m = _dino(TINY_VIT).train()
     assert m.student_backbone.training and not m.teacher_backbone.training and not m.teacher_head.training
+
+
+def test_loss_is_fp32_under_bf16_autocast():
+    from tests.conftest import TINY_VIT
+
+    m = _dino(TINY_VIT)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(_views(), m.step_context(0, 10, 100))
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.student_backbone.parameters() if p.grad is not None)

@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -84,10 +85,17 @@ def _device(name: str) -> str:
     return name
 
 
+def _command_line() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):  # `python -m evaluation.detection`
+        argv[0:1] = ["python", "-m", "evaluation.detection"]
+    else:
+        argv[0] = Path(argv[0]).name if argv else "selfsup-eval"
+    return shlex.join(argv)
+
+
 def run_detect(args: argparse.Namespace) -> int:
     """Runs the experiment described by ``args`` and writes the results. Returns the exit code."""
-    from pathlib import Path
-
     from evaluation.detection.data import load_detection_dataset
     from evaluation.detection.results import aggregate, plot_map, write_detection_json
     from evaluation.detection.sampling import sample_label_fraction
@@ -117,7 +125,7 @@ def run_detect(args: argparse.Namespace) -> int:
     config.update(device=device, detector="fasterrcnn_fpn", pyramid_strides=[8, 16, 32, 64],
                   weights=str(Path(args.weights).resolve()))
     path = write_detection_json(out / "detection.json", dataset=dataset.name, classes=dataset.classes,
-                                val_split=dataset.val_split, rows=rows, command=shlex.join(sys.argv),
+                                val_split=dataset.val_split, rows=rows, command=_command_line(),
                                 config=config)
     plot_map(rows, out / "detection_map.png", title=f"Faster R-CNN on {dataset.name}")
     for r in rows:

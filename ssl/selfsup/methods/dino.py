@@ -106,8 +106,11 @@ class DINO(nn.Module):
             t_out = self.teacher_head(forward_multicrop(self.teacher_backbone, views[: self.n_global]))  # (g*b, k)
         s_emb = forward_multicrop(self.student_backbone, views)  # (v*b, d)
         s_out = self.student_head(s_emb)  # (v*b, k)
-        teacher_views = list(t_out.chunk(self.n_global))
-        loss = self.criterion(teacher_views, list(s_out.chunk(v)), teacher_temp=ctx.teacher_temp)
+        # Under bf16 autocast the heads' outputs are bf16; the softmaxes over k and the cross-entropy einsum run in
+        # fp32 (CPU autocast would keep softmax in bf16, and autocast casts the einsum's matmul down).
+        with torch.autocast(device_type=s_out.device.type, enabled=False):
+            teacher_views = [t.float() for t in t_out.chunk(self.n_global)]
+            loss = self.criterion(teacher_views, [s.float() for s in s_out.chunk(v)], teacher_temp=ctx.teacher_temp)
         return StepOutput(loss=loss, logs=self._collapse_signals(s_emb.detach(), t_out.detach(), ctx.teacher_temp, b))
 
     @torch.no_grad()

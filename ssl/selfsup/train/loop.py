@@ -124,8 +124,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                      cfg.views.local_crop_size if cfg.views.n_local else None)
     if cfg.train.compile:
         _compile_backbones(method)
-    use_fused = cfg.optim.fused and accelerator.device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=use_fused or None)
+    # fused AdamW: one kernel for all parameters, on CUDA and (torch >= 2.4) on the CPU
+    optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=cfg.optim.fused or None)
     method, optimizer = accelerator.prepare(method, optimizer)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
