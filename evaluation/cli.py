@@ -11,8 +11,10 @@ User errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
@@ -65,7 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="only the fine-tune stage")
     _add_common(ft)
     _add_finetune(ft)
+    from evaluation.detection.cli import add_detect_parser
+
+    add_detect_parser(sub)  # `detect`: transfer to object detection (evaluation/detection/)
     return parser
+
+
+def _detect(args: argparse.Namespace) -> int:
+    """Run detection transfer; when OUT already holds a classification report, re-render it with the
+    Detection section (report.md / report.json / report.html)."""
+    from evaluation.report import build_report
+
+    code = args.func(args)
+    out = Path(args.out)
+    if code == 0 and (out / "report.json").is_file():
+        previous = json.loads((out / "report.json").read_text()).get("command", "")
+        build_report(out, command=previous)
+        print(f"added the Detection section to {out}/report.md")
+    return code
 
 
 def run(args: argparse.Namespace, command: str) -> None:
@@ -106,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Same seeds -> same numbers: refuse nondeterministic kernels where torch knows of them (warn, not fail).
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if args.command == "detect":
+        try:
+            return _detect(args)
+        except SelfsupError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     try:
         run(args, command="selfsup-eval " + shlex.join(argv))
     except SelfsupError as e:

@@ -42,7 +42,7 @@ def tiny_config(run_dir: Path, shards: Path, *extra: str, method: str = "dino") 
             f"run.dir={run_dir}", f"data.shards={shards}", "data.num_workers=0", "data.shuffle_buffer=16",
             "model.args.img_size=32", "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16",
             "views.n_local=2", "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false",
+            "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false", "train.mixed_precision=no",
             "optim.warmup_epochs=0.5", "method.dino.freeze_last_layer_epochs=0.2", f"method.name={method}",
             *extra,
         ],

@@ -91,7 +91,8 @@ def _pretrain_args(run_dir: Path, shards: Path, *extra: str) -> list[str]:
             f"data.shards={shards}", "data.num_workers=1", "data.shuffle_buffer=8", "model.args.img_size=32",
             "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16", "views.n_local=2",
             "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "train.batch_size=4", "train.epochs=2", "train.progress=false", "optim.warmup_epochs=0.5", *extra]
+            "train.batch_size=4", "train.epochs=2", "train.progress=false", "optim.warmup_epochs=0.5",
+            "train.mixed_precision=no", *extra]
 
 
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):

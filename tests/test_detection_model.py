@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from evaluation.detection.backbone import TimmDetectionBackbone
-from evaluation.detection.cli import main
+from evaluation.cli import main as eval_main
 from evaluation.detection.data import DetectionSample, load_detection_dataset
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.model import build_detector
@@ -161,11 +161,11 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
     (voc / "ImageSets/Main/train.txt").write_text("s0\ns1\ns2\ns3")
     (voc / "ImageSets/Main/val.txt").write_text("s4\ns5")
     out = tmp_path / "out"
-    argv = ["--weights", str(_export(tmp_path, "vit")), "--data", str(voc), "--out", str(out),
+    argv = ["detect", "--weights", str(_export(tmp_path, "vit")), "--data", str(voc), "--out", str(out),
             "--label-fractions", "0.5,1.0", "--seeds", "0,1", "--steps", "2", "--img-size", "64",
             "--batch-size", "2", "--fpn-channels", "16", "--proposals", "32", "--rois-per-image", "16",
             "--device", "cpu", "--log-every", "0"]
-    assert main(argv) == 0
+    assert eval_main(argv) == 0  # `selfsup-eval detect ...`
     doc = json.loads((out / "detection.json").read_text())
     assert doc["dataset"] == "voc" and doc["classes"] == ["box"] and doc["val_split"] == "val"
     assert [(r["model"], r["label_fraction"]) for r in doc["rows"]] == [
@@ -177,7 +177,7 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
     assert doc["config"]["steps"] == 2 and "command" in doc
     assert (out / "detection_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Bad input: one line, exit code 2.
-    assert main(argv[:2] + ["--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert eval_main(argv[:3] + ["--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
 
 

@@ -239,6 +239,9 @@ def load_config(files: list[str | Path] | str | Path | None = None, overrides: l
         except OmegaConfBaseException as e:
             raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
         cfg = _merge(cfg, dot, f"override '{item}'")
+    # YAML 1.1 reads a bare `no` as false; `train.mixed_precision=no` means the string "no".
+    if str(cfg.train.mixed_precision).lower() == "false":
+        cfg.train.mixed_precision = "no"
     try:
         obj: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# CPU run of each method on the shared CIFAR-10 (issue: "each method's export beats the random init of the
+# same architecture on kNN"). Tiny backbones at 32 px, a few minutes of pretraining each, then
+# `selfsup-eval knn` on 10,000 train / 2,000 test images, pretrained vs random init.
+#   bash benchmarks/cifar10_methods.sh [EPOCHS] [METHODS...]      (default: 2 epochs of 10,000 images; all four)
+# Needs ../shared/data/cifar10.tar.gz. Output: runs/cifar10_methods/{<method>/run,<method>/export,<method>/knn}
+# and runs/cifar10_methods/results.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+EPOCHS="${1:-2}"; shift || true
+METHODS=("${@:-dino mocov3 moby simclr}"); METHODS=(${METHODS[@]})
+OUT=runs/cifar10_methods
+DATA="${CIFAR_DIR:-$OUT/data}"
+mkdir -p "$OUT"
+if [ ! -d "$DATA/cifar10/train" ]; then
+  mkdir -p "$DATA" && tar -xzf ../shared/data/cifar10.tar.gz -C "$DATA"
+fi
+if [ ! -d "$OUT/shards" ]; then  # the first 1,000 images of each class
+  python - "$DATA/cifar10/train" "$OUT/subset" <<'PY'
+import os, sys
+src, dst = sys.argv[1:]
+for c in sorted(os.listdir(src)):
+    os.makedirs(f"{dst}/{c}", exist_ok=True)
+    for f in sorted(os.listdir(f"{src}/{c}"))[:1000]:
+        if not os.path.exists(f"{dst}/{c}/{f}"):
+            os.symlink(os.path.abspath(f"{src}/{c}/{f}"), f"{dst}/{c}/{f}")
+PY
+  selfsup shard "$OUT/subset" "$OUT/shards" --max-per-shard 1000
+fi
+COMMON=(data.shards="$OUT/shards" model.args.img_size=32 views.global_crop_size=32 train.epochs="$EPOCHS"
+        train.save_every=0 train.progress=false train.log_every=20 train.batch_size=64 train.mixed_precision=bf16)
+VIT=(model.name=vit_tiny_patch16_224 model.args.patch_size=4 model.args.depth=4)
+for m in "${METHODS[@]}"; do
+  case "$m" in
+    dino)   args=(configs/dino_vit_tiny_cpu.yaml "${VIT[@]}" views.local_crop_size=16 views.n_local=4) ;;
+    mocov3) args=(configs/mocov3_tiny_cpu.yaml "${VIT[@]}") ;;
+    simclr) args=(configs/simclr_tiny_cpu.yaml "${VIT[@]}") ;;
+    moby)   args=(configs/moby_tiny_cpu.yaml) ;;
+    *) echo "unknown method $m" >&2; exit 2 ;;
+  esac
+  echo "== $m: pretrain ${args[*]} ${COMMON[*]}"
+  rm -rf "$OUT/$m/run"
+  selfsup pretrain "${args[@]}" "${COMMON[@]}" run.dir="$OUT/$m/run"
+  selfsup export "$OUT/$m/run" "$OUT/$m/export"
+  selfsup-eval knn --weights "$OUT/$m/export" --train "$DATA/cifar10/train" --val "$DATA/cifar10/test" \
+    --out "$OUT/$m/knn" --label-fractions 1.0 --seeds 1 --max-train 10000 --max-val 2000
+done
+python - "$OUT" "${METHODS[@]}" <<'PY'
+import json, sys
+from pathlib import Path
+out, methods = Path(sys.argv[1]), sys.argv[2:]
+rows = ["| method | backbone | pretrain steps | pretrain images/s | kNN top-1 (k=20) pretrained | kNN top-1 (k=20) random init |",
+        "|---|---|---|---|---|---|"]
+for m in methods:
+    s = json.loads((out / m / "run" / "summary.json").read_text())
+    knn = json.loads(next((out / m / "knn").glob("knn*.json")).read_text())
+    def top1(model):
+        for r in knn.get("rows", knn.get("results", [])):
+            if r.get("model") == model and r.get("k", 20) == 20:
+                v = r.get("top1", r.get("accuracy"))
+                return v["mean"] if isinstance(v, dict) else v
+    rows.append(f"| {m} | {s['model']} | {s['steps']} | {s['images_per_s']:.1f} | {top1('pretrained')} | {top1('random_init')} |")
+(out / "results.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
