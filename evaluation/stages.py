@@ -78,24 +78,29 @@ def _write(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def _each_subset(data: EvalData, sources: list[ModelSource], infos: list[dict[str, Any]], **feature_kwargs: Any):
+    """Features of each model once (cached), then ``(source, fraction, seed, indices, train, val)`` for every label
+    subset; appends each model's info to ``infos``."""
+    for source in sources:
+        info, tr, va = _features(source, data, **feature_kwargs)
+        infos.append(info)
+        for f in data.fractions:
+            for s in data.seeds:
+                yield source, f, s, torch.as_tensor(data.subsets[fraction_key(f)][str(s)]), tr, va
+
+
 def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: tuple[int, ...] = KNN_KS,
             T: float = KNN_T, img_size: int | None = None, batch_size: int = 128, num_workers: int = 0,
             device: str = "auto", chunk_size: int = 256) -> dict[str, Any]:
     """DINO weighted kNN for every model, fraction and seed -> ``OUT/knn.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
-    for source in sources:
-        info, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
-                                 num_workers=num_workers, device=device)
-        infos.append(info)
-        for f in data.fractions:
-            for s in data.seeds:
-                idx = torch.as_tensor(data.subsets[fraction_key(f)][str(s)])
-                res = evaluate_knn(tr.feats[idx], tr.labels[idx], va.feats, va.labels, ks=ks, T=T,
-                                   num_classes=data.num_classes, chunk_size=chunk_size)
-                for k, row in res.items():
-                    runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
-                                 "k": k, **row})
+    for source, f, s, idx, tr, va in _each_subset(data, sources, infos, out=out, img_size=img_size,
+                                                  batch_size=batch_size, num_workers=num_workers, device=device):
+        res = evaluate_knn(tr.feats[idx], tr.labels[idx], va.feats, va.labels, ks=ks, T=T,
+                           num_classes=data.num_classes, chunk_size=chunk_size)
+        for k, row in res.items():
+            runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx), "k": k, **row})
     return _write(out, "knn", {"stage": "knn", "settings": {"ks": list(ks), "T": T}, "data": data.info,
                                "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
 
@@ -105,17 +110,12 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
     """Linear probe (lr/wd chosen on held-out train labels) for every model, fraction and seed -> ``OUT/linear.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
-    for source in sources:
-        info, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
-                                 num_workers=num_workers, device=device)
-        infos.append(info)
-        for f in data.fractions:
-            for s in data.seeds:
-                idx = torch.as_tensor(data.subsets[fraction_key(f)][str(s)])
-                res = linear_probe(tr.feats[idx], tr.labels[idx], va.feats, va.labels, num_classes=data.num_classes,
-                                   steps=steps, seed=s)
-                runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
-                             **res.to_dict()})
+    for source, f, s, idx, tr, va in _each_subset(data, sources, infos, out=out, img_size=img_size,
+                                                  batch_size=batch_size, num_workers=num_workers, device=device):
+        res = linear_probe(tr.feats[idx], tr.labels[idx], va.feats, va.labels, num_classes=data.num_classes,
+                           steps=steps, seed=s)
+        runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
+                     **res.to_dict()})
     return _write(out, "linear", {"stage": "linear", "settings": {"steps": steps}, "data": data.info,
                                   "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
 

@@ -18,6 +18,10 @@ for p in (ROOT / "ssl", ROOT):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+# ../shared/data beside the checkout (CI and developers), else this workplace's copy.
+SHARED_DATA = next((p for p in (ROOT.parent / "shared" / "data", Path("/work/shared/data")) if p.is_dir()),
+                   ROOT.parent / "shared" / "data")
+
 torch.set_num_threads(1)  # tests run beside data workers and other processes on 2 cores
 
 TINY_VIT = dict(name="vit_tiny_patch16_224", model_args=dict(img_size=32, patch_size=8))

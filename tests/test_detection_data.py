@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import SHARED_DATA
 from evaluation.detection.data import load_detection_dataset
 from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.sampling import sample_label_fraction
 from selfsup.errors import ConfigError, DataError
 
-RACCOON = Path("/work/shared/data/raccoon.tar.gz")
+RACCOON = SHARED_DATA / "raccoon.tar.gz"
 
 
 def _voc_xml(filename: str, w: int, h: int, objects: list[tuple[str, int, int, int, int, int]]) -> str:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tests.conftest import SHARED_DATA
 from evaluation.detection.backbone import TimmDetectionBackbone
 from evaluation.cli import main as eval_main
 from evaluation.detection.data import DetectionSample, load_detection_dataset
@@ -22,7 +23,7 @@ from evaluation.detection.train import detector_param_groups, predict, train_det
 from evaluation.detection.weights import export_sources, read_export_config
 from selfsup.errors import CheckpointError
 
-RACCOON = Path("/work/shared/data/raccoon.tar.gz")
+RACCOON = SHARED_DATA / "raccoon.tar.gz"
 VIT_ARGS = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, dynamic_img_size=True)
 SWIN_ARGS = dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4,
                  strict_img_size=False)

@@ -8,14 +8,6 @@ import torch
 from evaluation.knn import evaluate_knn, knn_classify, topk_accuracy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def clusters(n: int, c: int, d: int, seed: int, spread: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """n points around c random unit centres in d dims (separable for small spread)."""
     g = torch.Generator().manual_seed(seed)

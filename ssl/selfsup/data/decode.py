@@ -32,7 +32,7 @@ class BadSample(Exception):
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB, compositing transparency on black like Pillow does."""
+    """Convert any PIL mode to 8-bit RGB. Alpha is dropped (transparent pixels keep their colour values)."""
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I;16") or img.mode == "I":
