@@ -159,3 +159,41 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, shards, capsys, override, fragm
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("selfsup: error:") and fragment in err[0], err
     assert not list((tmp_path / "r").glob("checkpoints/*"))
+
+
+def test_training_over_a_corpus_of_broken_samples(tmp_path, monkeypatch):
+    """Broken samples inside the shards (written around the writer's checks): training finishes, counts every
+    skip by its reason, and consumes every good sample of the epoch exactly once."""
+    import json
+    from collections import Counter
+
+    import webdataset as wds
+    from PIL import Image
+
+    from selfsup.data.decode import REASON_NO_IMAGE
+    from tests.data_corpus import BOMB_LIMIT, OK, make_bad_corpus
+    from tests.pipeline_utils import make_image_folder
+
+    expected = make_bad_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
+    good_extra = sorted(make_image_folder(tmp_path / "good", n_per_class=8).rglob("*.jpg"))  # 16 more good images
+    (tmp_path / "shards").mkdir()
+    with wds.TarWriter(str(tmp_path / "shards" / "shard-000000.tar")) as w:
+        for name in sorted(expected):
+            stem, ext = name.rsplit(".", 1)
+            w.write({"__key__": stem, ext: (tmp_path / "corpus" / name).read_bytes()})
+        w.write({"__key__": "label_only", "cls": b"3"})  # a member with no image
+        for i, path in enumerate(good_extra):
+            w.write({"__key__": f"good{i:02d}", "jpg": path.read_bytes()})
+    n_good = sum(o == OK for o in expected.values()) + len(good_extra)
+    n_raw = len(expected) + 1 + len(good_extra)
+    assert n_good % 4 == 0, n_good  # whole batches of 4
+
+    summary = pretrain(tiny_config(tmp_path / "r", tmp_path / "shards", f"train.max_steps={n_good // 4}",
+                                   "data.max_bad_fraction=1.0", "data.samples_per_epoch=1000"))
+    want = Counter(o for o in expected.values() if o != OK) + Counter({REASON_NO_IMAGE: 1})
+    assert Counter(summary["skipped_samples"]) == want
+    # every good sample of epoch 0 was used and nothing from epoch 1: the reader sits at the end of epoch 0
+    state = json.loads((latest_checkpoint(tmp_path / "r") / "train_state_0.json").read_text())
+    assert state["samples_seen"] == n_good
+    assert state["data"]["positions"]["0"] == [0, n_raw]
