@@ -2,13 +2,13 @@
 # CPU run of each method on the shared CIFAR-10 (issue: "each method's export beats the random init of the
 # same architecture on kNN"). Tiny backbones at 32 px, a few minutes of pretraining each, then
 # `selfsup-eval knn` on 10,000 train / 2,000 test images, pretrained vs random init.
-#   bash benchmarks/cifar10_methods.sh [EPOCHS] [METHODS...]      (default: 2 epochs of 10,000 images; all four)
+#   bash benchmarks/cifar10_methods.sh [EPOCHS] [METHODS...]      (default: 3 epochs of 10,000 images; all four)
 # Needs ../shared/data/cifar10.tar.gz. Output: runs/cifar10_methods/{<method>/run,<method>/export,<method>/knn}
 # and runs/cifar10_methods/results.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-EPOCHS="${1:-2}"; shift || true
+EPOCHS="${1:-3}"; shift || true
 METHODS=("${@:-dino mocov3 moby simclr}"); METHODS=(${METHODS[@]})
 OUT=runs/cifar10_methods
 DATA="${CIFAR_DIR:-$OUT/data}"
@@ -29,11 +29,13 @@ PY
   selfsup shard "$OUT/subset" "$OUT/shards" --max-per-shard 1000
 fi
 COMMON=(data.shards="$OUT/shards" model.args.img_size=32 views.global_crop_size=32 train.epochs="$EPOCHS"
-        train.save_every=0 train.progress=false train.log_every=20 train.batch_size=64 train.mixed_precision=bf16)
+        train.save_every=0 train.progress=false train.log_every=20 train.batch_size=64 train.mixed_precision=bf16
+        optim.lr=1e-3 optim.warmup_epochs=0.5)
 VIT=(model.name=vit_tiny_patch16_224 model.args.patch_size=4 model.args.depth=4)
 for m in "${METHODS[@]}"; do
   case "$m" in
-    dino)   args=(configs/dino_vit_tiny_cpu.yaml "${VIT[@]}" views.local_crop_size=16 views.n_local=4) ;;
+    dino)   args=(configs/dino_vit_tiny_cpu.yaml "${VIT[@]}" views.local_crop_size=16 views.n_local=4
+                  method.dino.out_dim=1024 method.dino.warmup_teacher_temp_epochs=1) ;;
     mocov3) args=(configs/mocov3_tiny_cpu.yaml "${VIT[@]}") ;;
     simclr) args=(configs/simclr_tiny_cpu.yaml "${VIT[@]}") ;;
     moby)   args=(configs/moby_tiny_cpu.yaml) ;;

@@ -118,6 +118,7 @@ class _RunsCode:
         return (os.system, (f"touch {os.environ['SELFSUP_PWNED']}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_that_runs_code_is_refused(tmp_path, shards, monkeypatch):
     run = tmp_path / "r"
     pretrain(tiny_config(run, shards, "train.max_steps=2", "train.save_every=2"))

@@ -52,3 +52,28 @@ def build_transform(cfg: Config):
         mean=tuple(v.mean),
         std=tuple(v.std),
     )
+
+
+def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, position=None, pin_memory: bool):
+    """The streaming loader of this process: its own shards, its own workers (never ``accelerator.prepare``d).
+
+    ``position`` (a ``DataPosition`` loaded from a checkpoint) makes the stream continue exactly where it stopped.
+    """
+    from selfsup.data.shards import ShardStream, make_loader
+
+    transform = build_transform(cfg)
+    dataset = ShardStream(
+        urls=urls,
+        transform=transform,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.run.seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        start_positions=position.start_positions() if position is not None else None,
+        first_worker=position.next_worker if position is not None else 0,
+        draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
+        max_bad_fraction=cfg.data.max_bad_fraction,
+        bad_window=cfg.data.bad_window,
+    )
+    return make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and pin_memory)

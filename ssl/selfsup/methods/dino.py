@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -24,6 +25,9 @@ from selfsup.methods.base import StepContext, StepOutput
 from selfsup.models.multicrop import forward_multicrop
 from selfsup.optim.schedules import cosine, linear_warmup
 from selfsup.registry import register
+
+# lightly's DINOProjectionHead still uses torch.nn.utils.weight_norm; the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*torch\.nn\.utils\.weight_norm.*is deprecated", category=FutureWarning)
 
 
 class DINO(nn.Module):

@@ -20,10 +20,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from selfsup.build import build_method, build_transform
+from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_yaml
 from selfsup.data.count import count_samples
-from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_loader
+from selfsup.data.shards import DataPosition, expand_shards
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
@@ -99,23 +99,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     position = DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
     if state.data:
         position.load_state_dict(state.data)
-    transform = build_transform(cfg)
-    dataset = ShardStream(
-        urls=urls,
-        transform=transform,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.run.seed,
-        rank=rank,
-        world_size=world,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        start_positions=position.start_positions() if state.data else None,
-        first_worker=position.next_worker if state.data else 0,
-        draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
-        max_bad_fraction=cfg.data.max_bad_fraction,
-        bad_window=cfg.data.bad_window,
-    )
-    loader = make_loader(dataset, num_workers=cfg.data.num_workers,
-                         pin_memory=cfg.data.pin_memory and accelerator.device.type == "cuda")
+    loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=position if state.data else None,
+                          pin_memory=accelerator.device.type == "cuda")
 
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process
