@@ -39,6 +39,7 @@ def test_base_chain_and_overrides():
         ("train.batch_size=0", "'train.batch_size'"),
         ("lr=0.1", "unknown config key 'lr'"),
         ("nodot", "expected key=value"),
+        ("views.blur_probs=[1.0,0.5]", "expected 3 probabilities"),
     ],
 )
 def test_errors_name_the_key(override, fragment):

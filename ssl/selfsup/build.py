@@ -40,7 +40,8 @@ def build_transform(cfg: Config):
         return DINOTransform(
             global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale),
             local_crop_size=v.local_crop_size, local_crop_scale=tuple(v.local_crop_scale), n_local_views=v.n_local,
-            normalize={"mean": list(v.mean), "std": list(v.std)},
+            normalize={"mean": list(v.mean), "std": list(v.std)}, gaussian_blur=tuple(v.blur_probs),
+            solarization_prob=v.solarize_prob,
         )
     return MultiCropTransform(
         global_crop_size=v.global_crop_size,
@@ -49,6 +50,8 @@ def build_transform(cfg: Config):
         local_crop_size=v.local_crop_size,
         local_crop_scale=tuple(v.local_crop_scale),
         n_local=v.n_local,
+        blur_probs=tuple(v.blur_probs),
+        solarize_prob=v.solarize_prob,
         mean=tuple(v.mean),
         std=tuple(v.std),
     )

@@ -57,6 +57,10 @@ class ViewsConfig:
     n_local: int = 10
     local_crop_size: int = 96
     local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # DINO's augmentations: Gaussian blur probability of (first global, other global, local) views, and the
+    # solarization probability of the second global view. Small images (CIFAR-size) train better without blur.
+    blur_probs: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])
+    solarize_prob: float = 0.2
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -285,6 +289,9 @@ def validate(cfg: Config) -> None:
         )
     if cfg.views.n_global + cfg.views.n_local < 2:
         raise ConfigError("views: need at least two views in total (views.n_global + views.n_local >= 2)")
+    if len(cfg.views.blur_probs) != 3 or not all(0 <= p <= 1 for p in cfg.views.blur_probs):
+        raise ConfigError(f"bad value for 'views.blur_probs': {cfg.views.blur_probs} (expected 3 probabilities: "
+                          "first global, other global, local views)")
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(cfg.views, key)
         if not 0 < lo <= hi <= 1:
