@@ -1,4 +1,4 @@
-"""Collapse signal shared by the contrastive methods.
+"""Collapse signal shared by every method.
 
 A collapsed encoder maps every image to (nearly) the same point. The per-dimension standard deviation of
 L2-normalised embeddings detects it: about ``1/sqrt(d)`` for embeddings spread over the sphere, 0 when

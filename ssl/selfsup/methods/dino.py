@@ -21,6 +21,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
+from selfsup.methods._signals import embed_std_logs
 from selfsup.methods.base import StepContext, StepOutput
 from selfsup.models.multicrop import forward_multicrop
 from selfsup.optim.schedules import cosine, linear_warmup
@@ -118,17 +119,15 @@ class DINO(nn.Module):
         return StepOutput(loss=loss, logs=self._collapse_signals(s_emb.detach(), t_out.detach(), ctx.teacher_temp, b))
 
     @torch.no_grad()
-    def _collapse_signals(self, s_emb: Tensor, t_out: Tensor, teacher_temp: float, b: int) -> dict[str, Tensor]:
-        """Two collapse signals: per-dimension std of L2-normalised student embeddings of the first view
-        (about 1/sqrt(d) when healthy, 0 when collapsed) and the teacher output entropy (0 = one-hot
-        collapse, ln(k) = uniform collapse)."""
-        z = nn.functional.normalize(s_emb[:b].float(), dim=-1)
+    def _collapse_signals(self, s_emb: Tensor, t_out: Tensor, teacher_temp: float | None, b: int) -> dict[str, Tensor]:
+        """Two collapse signals: the std of L2-normalised student embeddings of the first view (see
+        :func:`embed_std_logs`) and the teacher output entropy (0 = one-hot collapse, ln(k) = uniform collapse)."""
+        temp = self.criterion.teacher_temp if teacher_temp is None else teacher_temp
         # the center was just updated by the loss; entropy is measured on what the teacher produced.
-        p = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / teacher_temp, dim=-1)
+        p = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / temp, dim=-1)
         entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
         return {
-            "embed_std": z.std(dim=0).mean(),
-            "embed_std_healthy": torch.tensor(1.0 / math.sqrt(z.shape[1])),
+            **embed_std_logs(s_emb[:b]),
             "teacher_entropy": entropy,
             "teacher_entropy_max": torch.tensor(math.log(self.out_dim)),
         }
