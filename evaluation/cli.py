@@ -129,12 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _detect(args)
         except SelfsupError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"selfsup-eval: error: {e}", file=sys.stderr)
             return e.exit_code
     try:
         run(args, command="selfsup-eval " + shlex.join(argv))
     except SelfsupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"selfsup-eval: error: {e}", file=sys.stderr)
         return e.exit_code
     return 0
 

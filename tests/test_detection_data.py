@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SHARED_DATA
 from evaluation.detection.data import load_detection_dataset
 from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.sampling import sample_label_fraction
 from selfsup.errors import ConfigError, DataError
+from tests.conftest import SHARED_DATA
 
 RACCOON = SHARED_DATA / "raccoon.tar.gz"
 

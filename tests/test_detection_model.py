@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.conftest import SHARED_DATA
 from evaluation.detection.backbone import TimmDetectionBackbone
 from evaluation.cli import main as eval_main
 from evaluation.detection.data import DetectionSample, load_detection_dataset
@@ -22,6 +21,7 @@ from evaluation.detection.model import build_detector
 from evaluation.detection.train import detector_param_groups, predict, train_detector
 from evaluation.detection.weights import export_sources, read_export_config
 from selfsup.errors import CheckpointError
+from tests.conftest import SHARED_DATA
 
 RACCOON = SHARED_DATA / "raccoon.tar.gz"
 VIT_ARGS = dict(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, dynamic_img_size=True)

@@ -142,5 +142,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_detect(args)
     except SelfsupError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"selfsup-eval: error: {e}", file=sys.stderr)
         return e.exit_code
