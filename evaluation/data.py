@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from selfsup.data.decode import BadSample, decode_rgb, to_rgb
+from selfsup.data.shards import expand_shards
 from selfsup.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -129,23 +130,6 @@ def _open_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
     return classes, labels, files
 
 
-def _shard_urls(path: str) -> list[str]:
-    if "{" in path:
-        import braceexpand
-
-        urls = list(braceexpand.braceexpand(path))
-    elif os.path.isdir(path):
-        urls = sorted(glob.glob(os.path.join(path, "*.tar")))
-    elif any(c in path for c in "*?["):
-        urls = sorted(glob.glob(path))
-    else:
-        urls = [path]
-    missing = [u for u in urls if not os.path.isfile(u)]
-    if not urls or missing:
-        raise DataError(f"{path}: shard file {missing[0] if missing else path!r} not found; expected .tar shards")
-    return urls
-
-
 def _read_shards(urls: list[str]) -> tuple[list[bytes], list[int], list[str]]:
     import webdataset as wds
 
@@ -228,7 +212,7 @@ def open_labelled(path: str, *, classes: list[str] | None = None, max_items: int
 
         identity = f"folder:{p.resolve()}:{_sha([os.path.relpath(f, p) for f in files])}"
     else:
-        urls = _shard_urls(path)
+        urls = expand_shards(path, strict=True)
         blobs, int_labels, keys = _read_shards(urls)
         names = [str(c) for c in sorted(set(int_labels))]
         raw_labels = [names.index(str(x)) for x in int_labels]

@@ -155,6 +155,11 @@ def test_expand_shards_specs(shards, tmp_path, caplog):
     assert "5 of 7 shards are missing" in caplog.text
     with pytest.raises(DataError, match="nope"):
         expand_shards(str(tmp_path / "nope-{0..3}.tar"))
+    assert expand_shards(str(shards / "shard-00000[0-2].tar")) == tars[:3]  # glob
+    # strict (evaluation): a missing shard is an error, not a warning
+    assert expand_shards(str(shards), strict=True) == tars
+    with pytest.raises(DataError, match=r"shard file .*shard-000005\.tar' not found"):
+        expand_shards(str(shards / "shard-{000003..000009}.tar"), strict=True)
 
 
 # ---------------------------------------------------------------- reader

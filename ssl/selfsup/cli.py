@@ -22,9 +22,8 @@ def _one_line(e: BaseException) -> str:
     """A SelfsupError re-raised from a DataLoader worker carries the worker's traceback; keep its last line."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     msg = lines[-1] if lines else type(e).__name__
-    for prefix in ("selfsup.errors.", ):
-        if msg.startswith(prefix):
-            msg = msg.split(": ", 1)[-1]
+    if msg.startswith("selfsup.errors."):  # "selfsup.errors.DataError: ..." from a worker's traceback
+        msg = msg.split(": ", 1)[-1]
     return msg
 
 

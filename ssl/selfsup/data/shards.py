@@ -22,6 +22,7 @@ Shape legend: b = batch (per process), c = channels, h/w = view height/width.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -68,20 +69,22 @@ def _is_remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")
 
 
-def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str]:
+def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, strict: bool = False) -> list[str]:
     """Resolve a shard spec to a list of tar paths.
 
     Args:
-        spec: a brace pattern (``data/shard-{000000..000099}.tar``), a directory (all ``*.tar`` in
-            it, sorted), a text file with one path per line (relative paths are relative to the
+        spec: a brace pattern (``data/shard-{000000..000099}.tar``), a glob (``data/*.tar``), a directory (all
+            ``*.tar`` in it, sorted), a text file with one path per line (relative paths are relative to the
             file; blank lines and ``#`` comments ignored), or a list of any of these.
+        strict: a missing shard is an error instead of a warning (evaluation: a missing shard would silently
+            change the dataset).
 
     Returns:
         Existing shard paths (and remote ``scheme://`` / ``pipe:`` URLs, unchecked), in order.
-        Missing files are skipped with a warning that counts them.
+        Missing files are skipped with a warning that counts them (unless ``strict``).
 
     Raises:
-        DataError: nothing at all is left.
+        DataError: nothing at all is left, or (``strict``) a shard is missing.
     """
     specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
     candidates: list[str] = []
@@ -97,11 +100,16 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
                     candidates.extend(
                         u if _is_remote(u) or os.path.isabs(u) else str(p.parent / u) for u in braceexpand(line)
                     )
+        elif "{" not in s and any(c in s for c in "*?[") and not p.exists():
+            candidates.extend(sorted(glob.glob(s)))
         else:
             candidates.extend(braceexpand(s))
     found = [u for u in candidates if _is_remote(u) or os.path.isfile(u)]
     found_set = set(found)
     missing = [u for u in candidates if u not in found_set]
+    if missing and strict:
+        shown = os.fspath(spec) if isinstance(spec, str | os.PathLike) else [os.fspath(s) for s in spec]
+        raise DataError(f"{shown}: shard file {missing[0]!r} not found; expected .tar shards")
     if missing:
         logger.warning("%d of %d shards are missing and skipped (first: %s)", len(missing), len(candidates), missing[0])
     if not found:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from selfsup.errors import ConfigError
@@ -49,14 +48,3 @@ def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[
             if not extra:
                 break
     raise ConfigError(f"timm model '{name}' rejected model.args {model_args}: {last_error}")
-
-
-def multi_res_args(model: nn.Module) -> dict[str, Any]:
-    """The reconstruction kwargs timm recorded for ``model`` (used by export to rebuild it)."""
-    return dict(getattr(model, "_model_args", {}) or {})
-
-
-@torch.no_grad()
-def embed_dim(model: nn.Module) -> int:
-    """Pooled embedding size of a timm model (``num_features``)."""
-    return int(model.num_features)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from selfsup.data.shards import DataPosition, expand_shards
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.checkpoint import load_training_state, resolve_resume, save_checkpoint
+from selfsup.train.checkpoint import latest_checkpoint, load_training_state, resolve_resume, save_checkpoint
 from selfsup.train.state import TrainState
 
 log = logging.getLogger("selfsup")
@@ -42,10 +42,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
         log_with="tensorboard",
         project_dir=cfg.run.dir,
     )
-
-
-def unwrap_backbone(method: torch.nn.Module) -> torch.nn.Module:
-    return method.export_backbone()  # type: ignore[operator]
 
 
 def check_crop_sizes(backbone: torch.nn.Module, global_size: int, local_size: int | None) -> None:
@@ -105,7 +101,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process
     method = build_method(cfg)
-    check_crop_sizes(unwrap_backbone(method), cfg.views.global_crop_size,
+    check_crop_sizes(method.export_backbone(),  # type: ignore[operator]
+                     cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
     if cfg.train.compile:
         _compile_backbones(method)
@@ -171,8 +168,6 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", state.step + 1,
                         state.bad_steps_in_row)
             if state.bad_steps_in_row >= cfg.train.max_bad_steps:
-                from selfsup.train.checkpoint import latest_checkpoint
-
                 raise TrainingError(
                     f"{state.bad_steps_in_row} non-finite steps in a row at step {state.step + 1}; last good checkpoint: "
                     f"{latest_checkpoint(run_dir) or '(none)'}. Lower optim.lr or use train.mixed_precision=bf16, "
