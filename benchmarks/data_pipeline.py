@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speedup_per_core": ratio,
     }
     print(f"data: {report['data']} ({summary.samples} images), views {report['views']}, 1 process, 1 thread")
-    print(f"| pipeline | images | img/s per CPU core | img/s wall |")
-    print(f"|---|---|---|---|")
+    print("| pipeline | images | img/s per CPU core | img/s wall |")
+    print("|---|---|---|---|")
     for name, r in results.items():
         print(f"| {name} | {r['images']} | {r['img_per_cpu_s']:.1f} | {r['img_per_wall_s']:.1f} |")
     print(f"speedup per core (selfsup / lightly): {ratio:.2f}x")

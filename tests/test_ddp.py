@@ -9,11 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,16 +19,8 @@ from lightly.loss import DINOLoss
 from safetensors.torch import load_file
 
 from selfsup.train.checkpoint import list_checkpoints
+from tests.launch_utils import ROOT, free_port, launch, run, tiny_dino_args
 from tests.pipeline_utils import make_shards
-
-ROOT = Path(__file__).resolve().parents[1]
-ACCEL = ROOT / "launch" / "accelerate" / "cpu_2proc.yaml"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _dino_worker(rank: int, world: int, port: int, teacher, student, out_dir: str) -> None:
@@ -49,7 +37,7 @@ def _dino_worker(rank: int, world: int, port: int, teacher, student, out_dir: st
 def test_dino_loss_and_center_match_single_process(tmp_path):
     g = torch.Generator().manual_seed(0)
     teacher, student = torch.randn(2, 8, 32, generator=g), torch.randn(5, 8, 32, generator=g)
-    mp.spawn(_dino_worker, args=(2, _free_port(), teacher, student, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dino_worker, args=(2, free_port(), teacher, student, str(tmp_path)), nprocs=2, join=True)
     single = DINOLoss(output_dim=32)
     ref_loss = single(list(teacher), list(student), teacher_temp=0.05)
     for rank in range(2):
@@ -58,47 +46,23 @@ def test_dino_loss_and_center_match_single_process(tmp_path):
         torch.testing.assert_close(got["center"], single.center)  # identical on every rank
 
 
-def _launch(*args: str, **popen) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCEL),
-           "--main_process_port", str(_free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, **popen)
-
-
-def _run(*args: str, timeout: float = 300) -> str:
-    p = _launch(*args)
-    out, _ = p.communicate(timeout=timeout)
-    assert p.returncode == 0, out[-3000:]
-    return out
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("ddp_data"), n_per_class=16, max_per_shard=4)
 
 
 def test_two_ranks_two_workers_cover_an_epoch_once(tmp_path, shards):
-    _run(str(ROOT / "tests" / "ddp_scripts" / "coverage.py"), str(shards), str(tmp_path))
+    run(str(ROOT / "tests" / "ddp_scripts" / "coverage.py"), str(shards), str(tmp_path))
     k0 = json.loads((tmp_path / "keys_0.json").read_text())
     k1 = json.loads((tmp_path / "keys_1.json").read_text())
     assert len(k0) + len(k1) == 32 == len(set(k0) | set(k1))  # every sample once, none twice
     assert not set(k0) & set(k1)
 
 
-def _pretrain_args(run_dir: Path, shards: Path, *extra: str) -> list[str]:
-    return ["-m", "selfsup", "pretrain", str(ROOT / "configs" / "dino_vit_tiny_cpu.yaml"), f"run.dir={run_dir}",
-            f"data.shards={shards}", "data.num_workers=1", "data.shuffle_buffer=8", "model.args.img_size=32",
-            "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16", "views.n_local=2",
-            "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "train.batch_size=4", "train.epochs=2", "train.progress=false", "optim.warmup_epochs=0.5",
-            "train.mixed_precision=no", *extra]
-
-
 def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):
     # 32 samples, global batch 8: 4 steps per epoch, 8 in all; the kill lands mid-epoch 1 or 2.
-    _run(*_pretrain_args(tmp_path / "full", shards, "train.save_every=8"))
-    p = _launch(*_pretrain_args(tmp_path / "cut", shards, "train.save_every=1"))
+    run(*tiny_dino_args(tmp_path / "full", shards, "train.save_every=8"))
+    p = launch(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=1"))
     deadline = time.time() + 240
     while not (tmp_path / "cut" / "checkpoints" / "step_00000003").exists():
         assert p.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -107,7 +71,7 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):
     p.wait()
     killed_at = [c.name for c in list_checkpoints(tmp_path / "cut")][-1]
     assert killed_at != "step_00000008"
-    _run(*_pretrain_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"))
+    run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"))
     a = load_file(str(list_checkpoints(tmp_path / "full")[-1] / "model.safetensors"))
     b = load_file(str(list_checkpoints(tmp_path / "cut")[-1] / "model.safetensors"))
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from evaluation.knn import evaluate_knn, knn_classify, topk_accuracy

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from evaluation.linear_probe import holdout_split, linear_probe, train_linear, train_linear_grid

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from selfsup.cli import main as cli_main
 from selfsup.errors import CheckpointError, TrainingError
 from selfsup.methods.dino import DINO
-from selfsup.train import checkpoint as ckpt_mod
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints
 from selfsup.train.loop import pretrain
 from tests.pipeline_utils import make_shards, tiny_config

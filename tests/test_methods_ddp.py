@@ -9,7 +9,6 @@ rows. Checked for SimCLR's NT-Xent, MoCo v3's ctr, and MoBY's queue (same keys e
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from lightly.loss import NTXentLoss
 
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods.mocov3 import contrastive_loss
+from tests.launch_utils import free_port
 
 WORLD, B, D = 2, 4, 8
 
@@ -57,14 +57,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gathered_negatives_equal_single_process(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     full = {n: t.clone().requires_grad_(n != "k") for n, t in _inputs().items()}

@@ -11,7 +11,6 @@ User errors print one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 

@@ -2,6 +2,11 @@
 
 A kill during a save leaves the previous checkpoint loadable: a folder only gets its final name
 ``step_00001234`` (and a ``COMPLETE`` marker) once every file is written. ``keep_last`` folders are kept.
+
+Every checkpoint has the full model weights in ``model.safetensors`` (the resume check and export read
+only that file). Under DDP accelerate writes it; under FSDP accelerate writes sharded
+``pytorch_model_fsdp_0/`` and ``optimizer_0/`` folders (torch.distributed.checkpoint) for resume, and
+selfsup gathers the full weights once more into ``model.safetensors`` for export.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: dict[str, str], keep_last: int,
-                    write_process_files=None) -> Path:
+                    write_process_files=None, model=None) -> Path:
     """Save the accelerate state for ``step`` atomically; every process must call this.
 
     Args:
@@ -59,6 +64,8 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
         extra_files: name -> text, written by the main process (e.g. the resolved config).
         keep_last: how many complete checkpoints to keep.
         write_process_files: optional callable(tmp_dir) run on every process (per-process state).
+        model: the prepared model; needed under FSDP, where its full weights are gathered into
+            ``model.safetensors``.
     """
     root = checkpoint_dir(run_dir)
     final = root / f"{PREFIX}{step:08d}"
@@ -70,6 +77,12 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
+        if _is_fsdp(accelerator):
+            if model is None:
+                raise ValueError("save_checkpoint needs the model under FSDP")
+            full = accelerator.get_state_dict(model)  # collective: every process takes part
+            if accelerator.is_main_process:
+                _save_full_weights(full, tmp / MODEL_FILE)
         if write_process_files is not None:
             write_process_files(tmp)
         accelerator.wait_for_everyone()
@@ -92,6 +105,18 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
         ) from None
     accelerator.wait_for_everyone()
     return final
+
+
+def _is_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _save_full_weights(state: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
 
 
 def read_checkpoint_weights(ckpt: Path) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from selfsup.build import build_loader, build_method
@@ -25,23 +25,14 @@ from selfsup.config import Config, config_hash, save_config, to_yaml
 from selfsup.data.count import count_samples
 from selfsup.data.shards import DataPosition, expand_shards
 from selfsup.errors import ConfigError, TrainingError
+from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
+from selfsup.train.accelerator import make_accelerator
 from selfsup.train.checkpoint import latest_checkpoint, load_training_state, resolve_resume, save_checkpoint
 from selfsup.train.state import TrainState
 
 log = logging.getLogger("selfsup")
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        # Without a GPU, accelerate only sets up a process group (gloo) when told cpu=True.
-        cpu=cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()),
-        log_with="tensorboard",
-        project_dir=cfg.run.dir,
-    )
 
 
 def check_crop_sizes(backbone: torch.nn.Module, global_size: int, local_size: int | None) -> None:
@@ -71,11 +62,17 @@ def _cpu_threads(num_workers: int) -> None:
 
 def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining as configured; returns the summary also written to ``summary.json``."""
-    accelerator = accelerator or make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(
+        mixed_precision=cfg.train.mixed_precision, grad_accum=cfg.train.grad_accum, device=cfg.train.device,
+        project_dir=cfg.run.dir)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     if accelerator.device.type == "cpu":
         _cpu_threads(cfg.data.num_workers * accelerator.num_processes)
     run_dir = Path(cfg.run.dir)
     world, rank = accelerator.num_processes, accelerator.process_index
+    if accelerator.is_main_process:
+        log.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
+                 accelerator.device.type, accelerator.mixed_precision)
 
     # --- cheap checks and data before any heavy work ---
     urls = expand_shards(cfg.data.shards)
@@ -105,10 +102,14 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                      cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
     if cfg.train.compile:
+        if fsdp:
+            raise ConfigError("train.compile=true is not supported with FSDP yet; use DDP or train.compile=false")
         _compile_backbones(method)
     # fused AdamW: one kernel for all parameters, on CUDA and (torch >= 2.4) on the CPU
     optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=cfg.optim.fused or None)
     method, optimizer = accelerator.prepare(method, optimizer)
+    if fsdp:  # sharded optimizer checkpoints need the state of every parameter, even frozen-so-far ones
+        init_adamw_state(optimizer)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
         load_training_state(accelerator, resume_dir, unwrapped)
@@ -156,6 +157,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
             state.samples_seen += views[0].shape[0]
             samples_log += views[0].shape[0]
         grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))) | (~torch.isfinite(out.loss.detach()))
         if world > 1:  # every process must take the same decision
             bad = accelerator.reduce(bad.float(), reduction="sum") > 0
@@ -205,7 +208,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         # one is always written: skipped steps leave a valid state.
         if save_due and (state.bad_steps_in_row == 0 or state.step == stop_step):
             save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml}, cfg.train.keep_last,
-                            write_process_files=write_process_state)
+                            write_process_files=write_process_state, model=method)
     bar.close()
     accelerator.end_training()
 
@@ -215,7 +218,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
         "images_per_s": (state.step - step_start) * global_batch / max(elapsed, 1e-9),
         "final": last, "skipped_samples": dict(position.skipped), "bad_steps": state.bad_steps_total,
-        "run_dir": str(run_dir), "config_hash": cfg_hash, "process_index": rank, "method": cfg.method.name, "model": cfg.model.name,
+        "run_dir": str(run_dir), "distributed": accelerator.distributed_type.value, "config_hash": cfg_hash,
+        "process_index": rank, "method": cfg.method.name, "model": cfg.model.name,
     }
     if accelerator.is_main_process:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

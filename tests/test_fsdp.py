@@ -1,0 +1,114 @@
+"""FSDP2 with launch/accelerate/fsdp.yaml, two CPU processes over gloo: same training as DDP, exact resume,
+sharded checkpoints plus full weights that export reloads with plain timm."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from selfsup.errors import ConfigError
+from selfsup.export import export
+from selfsup.optim.adamw_state import init_adamw_state
+from selfsup.train.accelerator import _enable_fsdp2_on_cpu
+from selfsup.train.checkpoint import list_checkpoints
+from tests.launch_utils import FSDP, launch, run, tiny_dino_args
+from tests.pipeline_utils import make_shards
+
+FSDP_2PROC = {"accel": FSDP, "accel_args": ("--num_processes", "2", "--mixed_precision", "no")}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_shards(tmp_path_factory.mktemp("fsdp_data"), n_per_class=16, max_per_shard=4)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, shards):
+    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
+    run(*tiny_dino_args(run_dir, shards, "train.save_every=8"), **FSDP_2PROC)
+    return run_dir
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
+
+
+def test_fsdp_trains_like_ddp_and_writes_sharded_plus_full_checkpoints(tmp_path, shards, fsdp_run):
+    assert json.loads((fsdp_run / "summary.json").read_text())["distributed"] == "FSDP"
+    ckpt = list_checkpoints(fsdp_run)[-1]
+    assert ckpt.name == "step_00000008"
+    assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "optimizer_0").is_dir()  # sharded, for resume
+    run(*tiny_dino_args(tmp_path / "ddp", shards, "train.save_every=8"))  # same job under DDP
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["distributed"] == "MULTI_CPU"
+    a, b = _weights(fsdp_run), _weights(tmp_path / "ddp")
+    assert set(a) == set(b)
+    for k in a:  # same global batch, same data, same init: only reduction order may differ
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs between FSDP and DDP")
+    # they are trained weights, not two copies of the init: student and teacher started equal and moved apart
+    # by far more than the tolerance above
+    drift = max((a[k] - a[k.replace("student_", "teacher_", 1)]).abs().max().item()
+                for k in a if k.startswith("student_backbone."))
+    assert drift > 1e-5
+
+
+def test_fsdp_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards, fsdp_run):
+    p = launch(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=1"), **FSDP_2PROC)
+    deadline = time.time() + 240
+    while not (tmp_path / "cut" / "checkpoints" / "step_00000003").exists():
+        assert p.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    killed_at = list_checkpoints(tmp_path / "cut")[-1].name
+    assert killed_at != "step_00000008"
+    run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"), **FSDP_2PROC)
+    a, b = _weights(fsdp_run), _weights(tmp_path / "cut")
+    assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
+
+
+def test_fsdp_run_exports_to_plain_timm(tmp_path, fsdp_run):
+    result = export(fsdp_run, tmp_path / "export")
+    assert result["step"] == 8 and result["reload_max_abs_diff"] < 1e-5
+    model = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
+    teacher = {k.removeprefix("teacher_backbone."): v for k, v in _weights(fsdp_run).items()
+               if k.startswith("teacher_backbone.")}
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, teacher[k]), k
+
+
+def test_fsdp1_on_cpu_is_refused_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ConfigError, match="FSDP_VERSION=1.*fsdp_version: 2"):
+        _enable_fsdp2_on_cpu(None)  # refused before the accelerator is touched
+
+
+def test_eager_adamw_state_changes_no_update():
+    """A parameter without gradients for the first steps (DINO's frozen last layer) gets the same updates
+    whether its AdamW state was created lazily or up front by init_adamw_state."""
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    grads = [[torch.randn(4, 3), None if step < 2 else torch.randn(5)] for step in range(5)]
+    results = []
+    for eager in (False, True):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+        opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.05)
+        if eager:
+            assert init_adamw_state(opt) == 2
+            assert init_adamw_state(opt) == 0  # idempotent
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    assert not torch.equal(results[0][1], ref[1])  # the late parameter was updated
+    for lazy, eager in zip(*results):
+        torch.testing.assert_close(lazy, eager, rtol=0, atol=0)
