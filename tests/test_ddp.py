@@ -77,3 +77,20 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
+
+
+def test_grad_accum_all_reduces_once_per_optimizer_step(tmp_path, shards):
+    """train.grad_accum=2 under DDP: gradients are all-reduced on the last micro-batch only, so the same number of
+    optimizer steps costs the same number of all-reduces as without accumulation (not twice as many)."""
+    counts = {}
+    for accum, batch in ((1, 4), (2, 2)):
+        out = tmp_path / f"accum{accum}"
+        args = tiny_dino_args(out / "run", shards, "train.max_steps=3", "train.save_every=100",
+                              f"train.grad_accum={accum}", f"train.batch_size={batch}")[3:]  # CONFIG key=value ...
+        out.mkdir()
+        run(str(ROOT / "tests" / "ddp_scripts" / "count_allreduce.py"), str(out), *args)
+        counts[accum] = [json.loads((out / f"allreduce_{r}.json").read_text()) for r in range(2)]
+    for accum in (1, 2):
+        assert all(c["steps"] == 3 for c in counts[accum])
+        assert counts[accum][0]["calls"] == counts[accum][1]["calls"] > 0
+    assert counts[2][0]["calls"] == counts[1][0]["calls"]

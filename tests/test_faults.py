@@ -4,6 +4,8 @@ would run code are refused, and bad CLI input fails early with one line."""
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import pickle
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from selfsup.cli import main as cli_main
@@ -138,9 +141,44 @@ def test_resume_from_other_architecture_lists_keys(tmp_path, shards):
         pretrain(tiny_config(run, shards, "model.args.depth=3", "train.max_steps=4", "train.resume=auto"))
 
 
+def _fp16_cpu_accelerator(init_scale: float):
+    """What accelerate builds for fp16 on a GPU (fp16 autocast + a GradScaler), on the CPU: accelerate itself has
+    no fp16 on the CPU (selfsup refuses it there), but torch has both, so the loop's scaler path can be tested."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    return accelerator
+
+
+def test_fp16_overflow_lowers_the_loss_scale_instead_of_counting_bad_steps(tmp_path, shards):
+    run = tmp_path / "r"
+    # At a loss scale of 1024 the first fp16 backward passes overflow; more overflows in a row than
+    # max_bad_steps must not stop the run: the scaler skips those updates and halves the scale.
+    summary = pretrain(tiny_config(run, shards, "train.max_steps=6", "train.save_every=6", "train.max_bad_steps=1"),
+                       accelerator=_fp16_cpu_accelerator(1024.0))
+    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["bad_steps"] == 0
+    assert not math.isfinite(logs[0]["grad_norm"]) and math.isfinite(logs[-1]["grad_norm"])
+    saved_scale = logs[-1]["loss_scale"]
+    assert saved_scale < 1024.0 and all(a["loss_scale"] >= b["loss_scale"] for a, b in zip(logs, logs[1:]))
+    assert (list_checkpoints(run)[-1] / "scaler.pt").is_file()
+    w = load_file(str(list_checkpoints(run)[-1] / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+    # resume restores the scaler: the scale continues from the checkpoint, not from init_scale
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pretrain(tiny_config(run, shards, "train.max_steps=7", "train.resume=auto", "train.max_bad_steps=1"),
+             accelerator=_fp16_cpu_accelerator(1024.0))
+    resumed = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert resumed["step"] == 7 and resumed["loss_scale"] <= saved_scale
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [
+        ("train.mixed_precision=fp16", "fp16 needs a GPU"),
         ("data.shards=/nonexistent/shard-{000000..000003}.tar", "/nonexistent"),
         ("views.global_crop_size=36", "not a multiple of the model's patch size 8"),
         ("train.resume=/nonexistent/ckpt", "not a complete checkpoint folder"),

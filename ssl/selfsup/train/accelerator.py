@@ -37,6 +37,9 @@ def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, proj
         project_dir: the run folder (TensorBoard logs go there).
     """
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if cpu and mixed_precision == "fp16":  # accelerate would silently train in fp32 on the CPU
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU (accelerate has no fp16 autocast or gradient "
+                          "scaler on the CPU); use bf16 or no")
     accelerator = Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,

@@ -124,6 +124,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     peak_lr = scaled_lr(cfg.optim.lr, global_batch)
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     params = [p for p in method.parameters() if p.requires_grad]
+    scaler = accelerator.scaler  # fp16 only
     buffers = list(method.buffers())
     max_norm = cfg.optim.clip_grad or math.inf  # always measure the norm: it decides non-finite steps
     metrics_path = run_dir / "metrics.jsonl"
@@ -159,7 +160,11 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         grad_norm = accelerator.clip_grad_norm_(params, max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a replicated DTensor
             grad_norm = grad_norm.full_tensor()
-        bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))) | (~torch.isfinite(out.loss.detach()))
+        bad = ~torch.isfinite(out.loss.detach())
+        if scaler is None:
+            bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))
+        # else (fp16): an overflowing gradient is the scaler's business, as in the reference implementations:
+        # optimizer.step() skips the update and lowers the loss scale. Only a non-finite loss is a bad step.
         if world > 1:  # every process must take the same decision
             bad = accelerator.reduce(bad.float(), reduction="sum") > 0
         if bool(bad):  # the one host sync per step: skipping needs it
@@ -194,6 +199,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                 "images_per_s": samples_log * world / max(dt, 1e-9),
                 "grad_norm": float(grad_norm), "bad_steps": state.bad_steps_total,
                 "skipped_samples": sum(position.skipped.values()),
+                **({"loss_scale": float(scaler.get_scale())} if scaler is not None else {}),
                 **{k: float(v) for k, v in out.logs.items()},
             }
             t_log, samples_log = time.perf_counter(), 0
