@@ -112,3 +112,13 @@ def test_eager_adamw_state_changes_no_update():
     assert not torch.equal(results[0][1], ref[1])  # the late parameter was updated
     for lazy, eager in zip(*results):
         torch.testing.assert_close(lazy, eager, rtol=0, atol=0)
+
+
+def test_fsdp_checkpoint_resumed_under_ddp_is_refused_in_one_line(tmp_path, shards, fsdp_run):
+    ckpt = list_checkpoints(fsdp_run)[-1]
+    p = launch(*tiny_dino_args(tmp_path / "ddp", shards, f"train.resume={ckpt}", "train.max_steps=9"))
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("selfsup: error:")]
+    assert errors and "written FSDP, cannot be resumed without FSDP" in errors[0], out[-2000:]
+    assert not (tmp_path / "ddp" / "checkpoints").exists()  # nothing written

@@ -267,3 +267,29 @@ def test_paper_configs_load(file, name, model):
     assert section.temperature == {"mocov3": 0.2, "moby": 0.2, "simclr": 0.1}[name]
     if name == "moby":
         assert (section.queue_size, section.target_drop_path_rate, cfg.model.drop_path_rate) == (4096, 0.0, 0.2)
+
+
+def test_sync_bn_converts_head_batchnorms_only_under_multi_gpu_ddp():
+    """train.sync_bn: every BatchNorm of MoCo v3's heads becomes a SyncBatchNorm under multi-GPU DDP, with the
+    same parameters and state-dict keys; elsewhere (CPU, one process) nothing changes."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from selfsup.train.accelerator import sync_batchnorm
+
+    def fake(processes: int, device: str, kind: DistributedType):
+        return SimpleNamespace(num_processes=processes, device=torch.device(device), distributed_type=kind,
+                               is_main_process=True)
+
+    method = _make("mocov3")
+    keys = {k: v.shape for k, v in method.state_dict().items()}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm1d) for m in method.modules())
+    assert n_bn > 0
+    for acc in (fake(2, "cpu", DistributedType.MULTI_CPU), fake(1, "cuda", DistributedType.NO),
+                fake(8, "cuda", DistributedType.FSDP)):
+        assert sync_batchnorm(method, acc) == 0
+    assert sync_batchnorm(method, fake(8, "cuda", DistributedType.MULTI_GPU)) == n_bn
+    assert not any(type(m) is torch.nn.BatchNorm1d for m in method.modules())
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in method.modules()) == n_bn
+    assert {k: v.shape for k, v in method.state_dict().items()} == keys

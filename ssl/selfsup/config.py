@@ -153,6 +153,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False  # torch.compile the backbones
+    sync_bn: bool = True  # BatchNorm statistics over the global batch (SyncBatchNorm) under DDP on GPUs
     log_every: int = 10
     save_every: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3

@@ -1,17 +1,19 @@
 """The ``accelerate.Accelerator`` of a run: device, mixed precision, gradient accumulation, DDP or FSDP.
 
 Whatever ``accelerate launch --config_file launch/accelerate/*.yaml`` chose (DDP, FSDP, one process) is
-taken from the environment accelerate sets; selfsup only adds two things:
+taken from the environment accelerate sets; selfsup only adds:
 
 - without a GPU it tells accelerate ``cpu=True``, else accelerate would not set up the gloo process group;
 - with an FSDP launch config and no GPU, accelerate silently falls back to DDP (it enables FSDP only on
   accelerators). selfsup then turns FSDP2 (``torch.distributed.fsdp.fully_shard``) on over gloo itself, so
   that the sharded path (wrapping, sharded checkpoints, full-weight gather for export) runs in CPU tests
-  exactly as it does on GPUs. FSDP1 has no CPU support in PyTorch and is refused there with a clear error.
+  exactly as it does on GPUs. FSDP1 has no CPU support in PyTorch and is refused there with a clear error;
+- ``sync_batchnorm``: the contrastive heads' BatchNorm over the global batch under multi-GPU DDP.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -20,6 +22,8 @@ from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
 from selfsup.errors import ConfigError
+
+log = logging.getLogger("selfsup")
 
 
 def fsdp_requested() -> bool:
@@ -68,3 +72,27 @@ def _enable_fsdp2_on_cpu(accelerator: Accelerator) -> None:
     PartialState().distributed_type = DistributedType.FSDP
     accelerator.state.distributed_type = DistributedType.FSDP
     accelerator.state.fsdp_plugin = plugin
+
+
+def sync_batchnorm(model: torch.nn.Module, accelerator: Accelerator) -> int:
+    """Turn every BatchNorm of ``model`` into ``torch.nn.SyncBatchNorm`` in place, as MoCo v3 does under DDP.
+
+    The heads of MoCo v3, MoBY and SimCLR normalise with BatchNorm; per GPU, its statistics come from the
+    local batch only, so they change with the number of GPUs. SyncBatchNorm computes them over the global
+    batch. Parameters, buffers and state-dict keys are unchanged (checkpoints and export do not notice).
+    Only under multi-GPU DDP: PyTorch's SyncBatchNorm has no CPU kernel, and one process has nothing to sync.
+
+    Returns:
+        The number of layers converted (0 where it does not apply).
+    """
+    if accelerator.num_processes < 2 or accelerator.device.type != "cuda" \
+            or accelerator.distributed_type != DistributedType.MULTI_GPU:
+        return 0
+    batchnorms = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    count = sum(isinstance(m, batchnorms) for m in model.modules())
+    if count:
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the root is never a BatchNorm here
+        if accelerator.is_main_process:
+            log.info("train.sync_bn: %d BatchNorm layers synchronised across %d GPUs", count,
+                     accelerator.num_processes)
+    return count

@@ -20,6 +20,7 @@ from selfsup.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"  # what accelerate's save_state writes for the prepared model
+FSDP_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's sharded model folder under FSDP
 PREFIX = "step_"
 
 
@@ -175,6 +176,13 @@ def load_training_state(accelerator, ckpt: Path, model=None) -> None:
 
     if model is not None:
         check_keys_match(model.state_dict(), checkpoint_shapes(ckpt), ckpt / MODEL_FILE)
+    sharded = (ckpt / FSDP_MODEL_DIR).is_dir()
+    if sharded != _is_fsdp(accelerator):
+        written, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
+        raise CheckpointError(
+            f"{ckpt}: written {written}, cannot be resumed {now}; resume with the accelerate config it was written "
+            f"with (its full weights are in {MODEL_FILE}: `selfsup export` works either way)"
+        )
     try:
         accelerator.load_state(str(ckpt))
     except pickle.UnpicklingError as e:

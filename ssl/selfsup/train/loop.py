@@ -28,7 +28,7 @@ from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.accelerator import make_accelerator
+from selfsup.train.accelerator import make_accelerator, sync_batchnorm
 from selfsup.train.checkpoint import latest_checkpoint, load_training_state, resolve_resume, save_checkpoint
 from selfsup.train.state import TrainState
 
@@ -101,6 +101,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     check_crop_sizes(method.export_backbone(),  # type: ignore[operator]
                      cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
+    if cfg.train.sync_bn:
+        sync_batchnorm(method, accelerator)
     if cfg.train.compile:
         if fsdp:
             raise ConfigError("train.compile=true is not supported with FSDP yet; use DDP or train.compile=false")
