@@ -18,7 +18,7 @@ from selfsup.export import export
 from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.train.accelerator import _enable_fsdp2_on_cpu
 from selfsup.train.checkpoint import list_checkpoints
-from tests.launch_utils import FSDP, launch, run, tiny_dino_args
+from tests.launch_utils import FSDP, ROOT, launch, run, tiny_dino_args
 from tests.pipeline_utils import make_shards
 
 FSDP_2PROC = {"accel": FSDP, "accel_args": ("--num_processes", "2", "--mixed_precision", "no")}
@@ -122,3 +122,21 @@ def test_fsdp_checkpoint_resumed_under_ddp_is_refused_in_one_line(tmp_path, shar
     errors = [line for line in out.splitlines() if line.startswith("selfsup: error:")]
     assert errors and "written FSDP, cannot be resumed without FSDP" in errors[0], out[-2000:]
     assert not (tmp_path / "ddp" / "checkpoints").exists()  # nothing written
+
+
+def test_fsdp_moby_swin_wrapping_swin_blocks_trains_like_ddp(tmp_path, shards):
+    """The README's Swin row: FSDP2 wrapping `SwinTransformerBlock`, MoBY (online + momentum encoders, queues)."""
+    args = ["-m", "selfsup", "pretrain", str(ROOT / "configs" / "moby_tiny_cpu.yaml"), f"data.shards={shards}",
+            "data.num_workers=1", "data.shuffle_buffer=8", "train.batch_size=4", "train.epochs=1",
+            "train.progress=false", "optim.warmup_epochs=0.5", "views.global_crop_size=32", "model.args.img_size=32",
+            "method.moby.queue_size=16", "method.moby.proj_hidden_dim=32", "method.moby.out_dim=16",
+            "method.moby.pred_hidden_dim=32", "train.save_every=4"]
+    run(*args, f"run.dir={tmp_path / 'fsdp'}", accel=FSDP, accel_args=(
+        "--num_processes", "2", "--mixed_precision", "no", "--fsdp_transformer_layer_cls_to_wrap",
+        "SwinTransformerBlock"))
+    run(*args, f"run.dir={tmp_path / 'ddp'}")
+    assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["distributed"] == "FSDP"
+    a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "ddp")
+    assert set(a) == set(b) and any(k.endswith("queue1.bank") for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=f"{k} differs between FSDP and DDP")
