@@ -94,3 +94,13 @@ def test_grad_accum_all_reduces_once_per_optimizer_step(tmp_path, shards):
         assert all(c["steps"] == 3 for c in counts[accum])
         assert counts[accum][0]["calls"] == counts[accum][1]["calls"] > 0
     assert counts[2][0]["calls"] == counts[1][0]["calls"]
+
+
+def test_run_dir_not_shared_by_all_processes_fails_early_everywhere(tmp_path):
+    run(str(ROOT / "tests" / "ddp_scripts" / "shared_run_dir.py"), str(tmp_path))
+    for rank in range(2):
+        got = json.loads((tmp_path / f"shared_{rank}.json").read_text())
+        assert got["shared_ok"] and not got["marker_left"]
+        # node1 cannot see what the main process wrote in its folder: every process gets the same error
+        assert "1 of 2 processes do not see the main process's files" in got["split_error"]
+        assert "filesystem all nodes share" in got["split_error"]

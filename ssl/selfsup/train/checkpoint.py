@@ -16,7 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
-from selfsup.errors import CheckpointError
+import torch
+
+from selfsup.errors import CheckpointError, ConfigError
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"  # what accelerate's save_state writes for the prepared model
@@ -106,6 +108,42 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
         ) from None
     accelerator.wait_for_everyone()
     return final
+
+
+def check_shared_run_dir(accelerator, run_dir: str | Path) -> None:
+    """Fail early, on every process, when the run folder is not one folder for all processes.
+
+    Every process writes its own files (data position, FSDP shards) into the checkpoint folder that the main
+    process then renames, so on many nodes ``run.dir`` must be on a filesystem they all share. Otherwise
+    checkpoints would look complete but lack the other nodes' files, and resume would fail hours later.
+    """
+    import uuid
+
+    from accelerate.utils import broadcast_object_list
+
+    if accelerator.num_processes == 1:
+        return
+    run_dir = Path(run_dir)
+    marker = run_dir / ".shared-check"
+    token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token[0])
+    broadcast_object_list(token)  # also a barrier: the marker is written before anyone reads it
+    try:
+        seen = marker.read_text() == token[0]
+    except OSError:
+        seen = False
+    # a collective: once it returns, every process has read the marker
+    missing = accelerator.reduce(torch.tensor([0.0 if seen else 1.0], device=accelerator.device), reduction="sum")
+    if accelerator.is_main_process:
+        marker.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()  # nobody returns before the marker is gone
+    if int(missing.item()):
+        raise ConfigError(
+            f"run.dir={run_dir}: {int(missing.item())} of {accelerator.num_processes} processes do not see the main "
+            f"process's files there; on many nodes run.dir must be on a filesystem all nodes share"
+        )
 
 
 def _is_fsdp(accelerator) -> bool:

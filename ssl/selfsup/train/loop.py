@@ -29,7 +29,13 @@ from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
 from selfsup.train.accelerator import make_accelerator, sync_batchnorm
-from selfsup.train.checkpoint import latest_checkpoint, load_training_state, resolve_resume, save_checkpoint
+from selfsup.train.checkpoint import (
+    check_shared_run_dir,
+    latest_checkpoint,
+    load_training_state,
+    resolve_resume,
+    save_checkpoint,
+)
 from selfsup.train.state import TrainState
 
 log = logging.getLogger("selfsup")
@@ -87,6 +93,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     total_steps = max(1, round(cfg.train.epochs * steps_per_epoch))
     stop_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     resume_dir = resolve_resume(cfg.train.resume, run_dir)
+    check_shared_run_dir(accelerator, run_dir)
 
     state = TrainState.load(resume_dir, rank) if resume_dir else TrainState()
     position = DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
