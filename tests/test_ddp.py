@@ -104,3 +104,17 @@ def test_run_dir_not_shared_by_all_processes_fails_early_everywhere(tmp_path):
         # node1 cannot see what the main process wrote in its folder: every process gets the same error
         assert "1 of 2 processes do not see the main process's files" in got["split_error"]
         assert "filesystem all nodes share" in got["split_error"]
+
+
+def test_every_process_holds_the_same_student_teacher_and_center(tmp_path, shards):
+    """Under DDP each process keeps its own copy of the method. After training, student, EMA teacher and DINO
+    center must be bit-identical on both processes (the checkpoint only stores the main process's copy)."""
+    args = tiny_dino_args(tmp_path / "run", shards, "train.max_steps=5", "train.save_every=5")[3:]
+    run(str(ROOT / "tests" / "ddp_scripts" / "rank_states.py"), str(tmp_path), *args)
+    r0, r1 = (load_file(str(tmp_path / f"rank{r}_step5.safetensors")) for r in range(2))
+    assert r0.keys() == r1.keys() and any(k.startswith("teacher_") for k in r0) and "criterion.center" in r0
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between the two processes"
+    assert r0["criterion.center"].abs().sum() > 0  # the center was updated, not left at its zero init
+    saved = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
+    assert all(torch.equal(saved[k], r0[k]) for k in saved)
