@@ -18,7 +18,10 @@ import torch.multiprocessing as mp
 from lightly.loss import DINOLoss
 from safetensors.torch import load_file
 
+from selfsup.config import load_config
+from selfsup.errors import ConfigError, DataError
 from selfsup.train.checkpoint import list_checkpoints
+from selfsup.train.loop import pretrain
 from tests.launch_utils import ROOT, free_port, launch, run, tiny_dino_args
 from tests.pipeline_utils import make_shards
 
@@ -118,3 +121,27 @@ def test_every_process_holds_the_same_student_teacher_and_center(tmp_path, shard
     assert r0["criterion.center"].abs().sum() > 0  # the center was updated, not left at its zero init
     saved = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
     assert all(torch.equal(saved[k], r0[k]) for k in saved)
+
+
+def test_elastic_resume_on_another_number_of_processes(tmp_path, shards):
+    """2 processes write step 3; one process resumes. Exact resume refuses the new layout (naming the option);
+    train.resume_elastic=true needs the same global batch and then continues step, model and optimizer."""
+    args = tiny_dino_args(tmp_path / "run", shards)[3:]  # CONFIG key=value ...
+    run("-m", "selfsup", "pretrain", *args, "train.max_steps=3", "train.save_every=3")  # 2 x batch 4
+    one_process = [f"train.resume={list_checkpoints(tmp_path / 'run')[-1]}", "train.save_every=100"]
+
+    with pytest.raises(DataError, match="world_size=2 but this run has world_size=1.*train.resume_elastic=true"):
+        pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=8"]))
+    with pytest.raises(ConfigError, match="global batch is 8, this run's is 4.*train.batch_size=8"):
+        pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=4", "train.resume_elastic=true"]))
+    summary = pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=8",
+                                             "train.resume_elastic=true"]))
+    assert summary["steps"] == 8 and summary["steps_this_run"] == 5
+    ckpt = list_checkpoints(tmp_path / "run")[-1]
+    assert ckpt.name == "step_00000008"
+    # the optimizer state was carried over: AdamW has counted all 8 steps, not the 5 of this process (DINO's
+    # last layer, frozen in epoch 0, has fewer)
+    optimizer = torch.load(ckpt / "optimizer.bin", weights_only=True)
+    assert max(int(s["step"]) for s in optimizer["state"].values()) == 8
+    state = json.loads((ckpt / "train_state_0.json").read_text())
+    assert state["data"]["world_size"] == 1 and state["global_batch"] == 8

@@ -158,6 +158,7 @@ class TrainConfig:
     save_every: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3
     resume: Optional[str] = None  # null | auto | path to a checkpoint folder
+    resume_elastic: bool = False  # allow resuming on another number of processes/workers (restarts the epoch)
     max_bad_steps: int = 5  # non-finite loss/grad steps in a row before stopping
     progress: bool = True
 

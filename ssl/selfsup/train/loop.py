@@ -36,7 +36,7 @@ from selfsup.train.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from selfsup.train.state import TrainState
+from selfsup.train.resume import load_resume_state
 
 log = logging.getLogger("selfsup")
 
@@ -95,11 +95,11 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     resume_dir = resolve_resume(cfg.train.resume, run_dir)
     check_shared_run_dir(accelerator, run_dir)
 
-    state = TrainState.load(resume_dir, rank) if resume_dir else TrainState()
-    position = DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
-    if state.data:
-        position.load_state_dict(state.data)
-    loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=position if state.data else None,
+    state, start_position, relayout = load_resume_state(
+        resume_dir, rank=rank, world_size=world, num_workers=cfg.data.num_workers, global_batch=global_batch,
+        elastic=cfg.train.resume_elastic)
+    position = start_position or DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
+    loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=start_position,
                           pin_memory=accelerator.device.type == "cuda")
 
     # --- model, optimizer ---
@@ -122,6 +122,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
         load_training_state(accelerator, resume_dir, unwrapped)
+        if relayout:  # the saved per-process RNG states belong to another layout
+            set_seed(cfg.run.seed + rank + state.step)
         log.info("resumed from %s at step %d", resume_dir, state.step)
     else:
         set_seed(cfg.run.seed + rank)  # different drop-path noise per process

@@ -18,6 +18,7 @@ class TrainState:
     samples_seen: int = 0  # samples consumed by this process
     bad_steps_total: int = 0  # steps skipped for a non-finite loss or gradient
     bad_steps_in_row: int = 0
+    global_batch: int = 0  # samples per optimizer step over all processes (0: written before it was recorded)
     data: dict[str, Any] = field(default_factory=dict)  # the data position (DataPosition.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
