@@ -140,3 +140,17 @@ def test_fsdp_moby_swin_wrapping_swin_blocks_trains_like_ddp(tmp_path, shards):
     assert set(a) == set(b) and any(k.endswith("queue1.bank") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=f"{k} differs between FSDP and DDP")
+
+
+def test_fsdp_elastic_resume_reshards_onto_more_processes(tmp_path, shards):
+    """Written by 2 FSDP processes (batch 4), resumed by 4 (batch 2, same global batch): torch.distributed.checkpoint
+    re-shards model and optimizer; the interrupted epoch restarts."""
+    run(*tiny_dino_args(tmp_path / "run", shards, "train.max_steps=5", "train.save_every=5"), **FSDP_2PROC)
+    out = run(*tiny_dino_args(tmp_path / "run", shards, "train.batch_size=2", "train.resume=auto",
+                              "train.resume_elastic=true"),
+              accel=FSDP, accel_args=("--num_processes", "4", "--mixed_precision", "no"))
+    assert "resuming on 4 x 1; epoch 1 restarts" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["distributed"] == "FSDP" and summary["steps"] == 8 and summary["steps_this_run"] == 3
+    assert summary["global_batch"] == 8
+    assert list_checkpoints(tmp_path / "run")[-1].name == "step_00000008"
