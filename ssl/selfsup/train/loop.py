@@ -111,8 +111,6 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     if cfg.train.sync_bn:
         sync_batchnorm(method, accelerator)
     if cfg.train.compile:
-        if fsdp:
-            raise ConfigError("train.compile=true is not supported with FSDP yet; use DDP or train.compile=false")
         _compile_backbones(method)
     # fused AdamW: one kernel for all parameters, on CUDA and (torch >= 2.4) on the CPU
     optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=cfg.optim.fused or None)
