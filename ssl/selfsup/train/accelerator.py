@@ -31,6 +31,11 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
+def uses_fsdp(accelerator: Accelerator) -> bool:
+    """Whether the run's model is sharded with FSDP (on GPUs, or switched on over gloo by :func:`make_accelerator`)."""
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
 def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, project_dir: str) -> Accelerator:
     """Build the run's accelerator.
 

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from selfsup.errors import CheckpointError, ConfigError
+from selfsup.train.accelerator import uses_fsdp
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"  # what accelerate's save_state writes for the prepared model
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"  # accelerate's sharded model folder under FSDP
+NEVER_SHARD = "100TB"  # max_shard_size for accelerator.save_model: always one MODEL_FILE
 PREFIX = "step_"
 
 
@@ -80,12 +82,12 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
-        if _is_fsdp(accelerator):
+        if uses_fsdp(accelerator):
             if model is None:
                 raise ValueError("save_checkpoint needs the model under FSDP")
-            full = accelerator.get_state_dict(model)  # collective: every process takes part
-            if accelerator.is_main_process:
-                _save_full_weights(full, tmp / MODEL_FILE)
+            # gathers the full weights (a collective) and writes them from the main process; one file, never
+            # split into shards, because the resume check and export read MODEL_FILE
+            accelerator.save_model(model, str(tmp), max_shard_size=NEVER_SHARD)
         if write_process_files is not None:
             write_process_files(tmp)
         accelerator.wait_for_everyone()
@@ -146,18 +148,6 @@ def check_shared_run_dir(accelerator, run_dir: str | Path) -> None:
         )
 
 
-def _is_fsdp(accelerator) -> bool:
-    from accelerate.utils import DistributedType
-
-    return accelerator.distributed_type == DistributedType.FSDP
-
-
-def _save_full_weights(state: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
-
-
 def read_checkpoint_weights(ckpt: Path) -> dict:
     """The model tensors of a checkpoint folder (safetensors only: nothing is unpickled)."""
     from safetensors.torch import load_file
@@ -215,7 +205,7 @@ def load_training_state(accelerator, ckpt: Path, model=None) -> None:
     if model is not None:
         check_keys_match(model.state_dict(), checkpoint_shapes(ckpt), ckpt / MODEL_FILE)
     sharded = (ckpt / FSDP_MODEL_DIR).is_dir()
-    if sharded != _is_fsdp(accelerator):
+    if sharded != uses_fsdp(accelerator):
         written, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")
         raise CheckpointError(
             f"{ckpt}: written {written}, cannot be resumed {now}; resume with the accelerate config it was written "

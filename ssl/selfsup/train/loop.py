@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from selfsup.build import build_loader, build_method
@@ -28,7 +28,7 @@ from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.optim.param_groups import param_groups
 from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.accelerator import make_accelerator, sync_batchnorm
+from selfsup.train.accelerator import make_accelerator, sync_batchnorm, uses_fsdp
 from selfsup.train.checkpoint import (
     check_shared_run_dir,
     latest_checkpoint,
@@ -71,7 +71,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     accelerator = accelerator or make_accelerator(
         mixed_precision=cfg.train.mixed_precision, grad_accum=cfg.train.grad_accum, device=cfg.train.device,
         project_dir=cfg.run.dir)
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    fsdp = uses_fsdp(accelerator)
     if accelerator.device.type == "cpu":
         _cpu_threads(cfg.data.num_workers * accelerator.num_processes)
     run_dir = Path(cfg.run.dir)
