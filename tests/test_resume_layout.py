@@ -44,7 +44,8 @@ def test_other_layout_without_elastic_names_the_option(tmp_path):
         load_resume_state(ckpt, rank=0, world_size=2, num_workers=1, global_batch=16, elastic=False)
 
 
-def test_fresh_start_has_no_position(tmp_path):
+def test_fresh_start_has_an_empty_position(tmp_path):
     state, position, relayout = load_resume_state(None, rank=0, world_size=1, num_workers=2, global_batch=32,
                                                   elastic=False)
-    assert position is None and not relayout and state.step == 0 and state.global_batch == 32
+    assert position.start_positions() == {} and position.next_worker == 0  # the loader starts at epoch 0
+    assert not relayout and state.step == 0 and state.global_batch == 32

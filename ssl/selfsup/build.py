@@ -60,7 +60,8 @@ def build_transform(cfg: Config):
 def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, position=None, pin_memory: bool):
     """The streaming loader of this process: its own shards, its own workers (never ``accelerator.prepare``d).
 
-    ``position`` (a ``DataPosition`` loaded from a checkpoint) makes the stream continue exactly where it stopped.
+    ``position`` (a ``DataPosition`` loaded from a checkpoint) makes the stream continue exactly where it stopped;
+    ``None`` or an empty one starts at epoch 0.
     """
     from selfsup.data.shards import ShardStream, make_loader
 

@@ -423,15 +423,20 @@ class DataPosition:
             "next_worker": self.next_worker,
         }
 
+    def layout_mismatches(self, state: dict[str, Any]) -> list[tuple[str, int, int]]:
+        """``(name, saved, mine)`` for each of the worker and process counts that differ from a :meth:`state_dict`."""
+        return [(name, int(state[name]), mine) for name, mine in
+                (("num_workers", self.num_workers), ("world_size", self.world_size)) if int(state[name]) != mine]
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the worker and process counts must match this run's."""
-        for name, mine in (("num_workers", self.num_workers), ("world_size", self.world_size)):
-            saved = int(state[name])
-            if saved != mine:
-                raise DataError(
-                    f"data position: checkpoint was saved with {name}={saved} but this run has {name}={mine}; "
-                    f"resume with {name}={saved} to continue the exact sample stream"
-                )
+        mismatches = self.layout_mismatches(state)
+        if mismatches:
+            name, saved, mine = mismatches[0]
+            raise DataError(
+                f"data position: checkpoint was saved with {name}={saved} but this run has {name}={mine}; "
+                f"resume with {name}={saved} to continue the exact sample stream"
+            )
         self.positions = {int(w): (int(e), int(o)) for w, (e, o) in state["positions"].items()}
         self.skipped = Counter({str(k): int(v) for k, v in state.get("skipped", {}).items()})
         self.batches = int(state.get("batches", 0))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_yaml
 from selfsup.data.count import count_samples
-from selfsup.data.shards import DataPosition, expand_shards
+from selfsup.data.shards import expand_shards
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.optim.param_groups import param_groups
@@ -95,11 +95,10 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     resume_dir = resolve_resume(cfg.train.resume, run_dir)
     check_shared_run_dir(accelerator, run_dir)
 
-    state, start_position, relayout = load_resume_state(
+    state, position, relayout = load_resume_state(
         resume_dir, rank=rank, world_size=world, num_workers=cfg.data.num_workers, global_batch=global_batch,
         elastic=cfg.train.resume_elastic)
-    position = start_position or DataPosition(num_workers=cfg.data.num_workers, world_size=world, rank=rank)
-    loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=start_position,
+    loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=position,
                           pin_memory=accelerator.device.type == "cuda")
 
     # --- model, optimizer ---

@@ -24,13 +24,6 @@ from selfsup.train.state import TrainState
 log = logging.getLogger("selfsup")
 
 
-def saved_layout(ckpt: Path) -> tuple[int, int, int]:
-    """``(world_size, num_workers, global_batch)`` a checkpoint was written with (global batch 0 if unknown)."""
-    first = json.loads((ckpt / "train_state_0.json").read_text())
-    data = first.get("data") or {}
-    return int(data.get("world_size", 1)), int(data.get("num_workers", 1)), int(first.get("global_batch", 0))
-
-
 def interrupted_epoch(ckpt: Path, world_size: int) -> int:
     """The earliest epoch any worker of any process was reading when the checkpoint was written."""
     epochs = []
@@ -41,13 +34,13 @@ def interrupted_epoch(ckpt: Path, world_size: int) -> int:
 
 
 def load_resume_state(ckpt: Path | None, *, rank: int, world_size: int, num_workers: int, global_batch: int,
-                      elastic: bool) -> tuple[TrainState, DataPosition | None, bool]:
+                      elastic: bool) -> tuple[TrainState, DataPosition, bool]:
     """This process's :class:`TrainState` and the data position to start its loader from.
 
     Returns:
-        ``(state, position, relayout)``: ``position`` is ``None`` for a fresh start (the loader starts at
-        epoch 0); ``relayout`` is true for an elastic resume onto another layout (the per-process RNG states
-        of the checkpoint then do not fit and the caller re-seeds).
+        ``(state, position, relayout)``: ``relayout`` is true for an elastic resume onto another layout (the
+        per-process RNG states of the checkpoint then do not fit and the caller re-seeds). A fresh start has an
+        empty position (the loader starts at epoch 0).
 
     Raises:
         DataError: exact resume with another layout (the message names ``train.resume_elastic``).
@@ -55,11 +48,10 @@ def load_resume_state(ckpt: Path | None, *, rank: int, world_size: int, num_work
     """
     position = DataPosition(num_workers=num_workers, world_size=world_size, rank=rank)
     if ckpt is None:
-        return TrainState(global_batch=global_batch), None, False
-    old_world, old_workers, old_batch = saved_layout(ckpt)
-    same_layout = (old_world, max(1, old_workers)) == (world_size, max(1, num_workers))
-    if same_layout or not elastic:
-        state = TrainState.load(ckpt, rank)
+        return TrainState(global_batch=global_batch), position, False
+    first = TrainState.load(ckpt, 0)  # every process wrote one; step and counters are the same in all
+    if not first.data or not position.layout_mismatches(first.data) or not elastic:
+        state = TrainState.load(ckpt, rank) if rank else first
         if state.data:
             try:
                 position.load_state_dict(state.data)
@@ -67,17 +59,18 @@ def load_resume_state(ckpt: Path | None, *, rank: int, world_size: int, num_work
                 raise DataError(f"{e}, or set train.resume_elastic=true to restart the interrupted epoch with "
                                 f"the new layout") from None
         state.global_batch = global_batch
-        return state, (position if state.data else None), False
+        return state, position, False
 
-    if old_batch and old_batch != global_batch:
-        per_process = old_batch / world_size
+    old_world, old_workers = int(first.data["world_size"]), int(first.data["num_workers"])
+    if first.global_batch and first.global_batch != global_batch:
+        per_process = first.global_batch / world_size
         hint = f"train.batch_size={int(per_process)} with grad_accum 1" if per_process == int(per_process) else \
             "train.batch_size x processes x train.grad_accum"
         raise ConfigError(
-            f"train.resume_elastic: the checkpoint's global batch is {old_batch}, this run's is {global_batch}; "
-            f"keep it (e.g. {hint}) so that the step-based schedules keep their meaning"
+            f"train.resume_elastic: the checkpoint's global batch is {first.global_batch}, this run's is "
+            f"{global_batch}; keep it (e.g. {hint}) so that the step-based schedules keep their meaning"
         )
-    state = TrainState.load(ckpt, 0)  # step and counters are the same on every process
+    state = first
     state.global_batch = global_batch
     epoch = interrupted_epoch(ckpt, old_world)
     position.positions = {w: (epoch, 0) for w in range(position.num_workers)}
