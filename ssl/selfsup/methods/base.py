@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from selfsup.optim.schedules import cosine
+
 
 @dataclass(frozen=True)
 class StepContext:
@@ -21,6 +23,16 @@ class StepContext:
     epoch: float  # fractional nominal epoch, step / steps_per_epoch
     momentum: float = 1.0  # EMA momentum of the teacher / momentum encoder
     teacher_temp: float | None = None  # DINO's teacher temperature (None for methods without one)
+
+
+def ema_step_context(step: int, steps_per_epoch: int, total_steps: int, base_momentum: float,
+                     teacher_temp: float | None = None) -> StepContext:
+    """The context of a method with a momentum encoder: EMA momentum from ``base_momentum`` at step 0 to 1 at
+    the last step, with a half cosine (DINO, MoCo v3, MoBY)."""
+    from selfsup.optim.schedules import cosine
+
+    return StepContext(step=step, epoch=step / steps_per_epoch, momentum=cosine(step, total_steps, base_momentum, 1.0),
+                       teacher_temp=teacher_temp)
 
 
 @dataclass

@@ -22,9 +22,9 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
 from selfsup.methods._signals import embed_std_logs
-from selfsup.methods.base import StepContext, StepOutput
+from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.models.multicrop import forward_multicrop
-from selfsup.optim.schedules import cosine, linear_warmup
+from selfsup.optim.schedules import linear_warmup
 from selfsup.registry import register
 
 # lightly's DINOProjectionHead still uses torch.nn.utils.weight_norm; the warning says nothing a user can act on.
@@ -96,14 +96,10 @@ class DINO(nn.Module):
         return self
 
     def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
-        return StepContext(
-            step=step,
-            epoch=step / steps_per_epoch,
-            momentum=cosine(step, total_steps, self.momentum_teacher, 1.0),
-            teacher_temp=linear_warmup(
-                step, round(self.warmup_teacher_temp_epochs * steps_per_epoch), self.warmup_teacher_temp, self.teacher_temp
-            ),
+        teacher_temp = linear_warmup(
+            step, round(self.warmup_teacher_temp_epochs * steps_per_epoch), self.warmup_teacher_temp, self.teacher_temp
         )
+        return ema_step_context(step, steps_per_epoch, total_steps, self.momentum_teacher, teacher_temp=teacher_temp)
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
         v, b = len(views), views[0].shape[0]

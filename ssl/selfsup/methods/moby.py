@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from selfsup.errors import ConfigError
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods._signals import embed_std_logs
-from selfsup.methods.base import StepContext, StepOutput
-from selfsup.optim.schedules import cosine
+from selfsup.methods._two_views import require_two_global_views, require_two_views
+from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.registry import register
 
 
@@ -108,12 +108,10 @@ class MoBY(nn.Module):
         self.queue2 = KeyQueue(queue_size, out_dim)  # target keys of view 2
 
     def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
-        return StepContext(step=step, epoch=step / steps_per_epoch,
-                           momentum=cosine(step, total_steps, self.momentum, 1.0))
+        return ema_step_context(step, steps_per_epoch, total_steps, self.momentum)
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
-        if len(views) != 2:
-            raise ConfigError(f"moby takes exactly 2 views, got {len(views)} (set views.n_global=2, views.n_local=0)")
+        require_two_views("moby", views)
         x = torch.cat(views)  # (2b, c, h, w)
         emb = self.backbone(x)  # (2b, d)
         p1, p2 = (nn.functional.normalize(self.prediction_head(self.projection_head(e)).float(), dim=1)
@@ -148,6 +146,5 @@ def build_moby(
 
     The online backbone gets ``model.drop_path_rate``, the target one ``target_drop_path_rate``.
     """
-    if n_global != 2:
-        raise ConfigError(f"bad value for 'views.n_global': {n_global} (moby needs exactly 2)")
+    require_two_global_views("moby", n_global)
     return MoBY(make_backbone(), make_backbone(drop_path_rate=target_drop_path_rate), **kwargs)  # type: ignore[arg-type]

@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from selfsup.errors import ConfigError
 from selfsup.methods._signals import embed_std_logs
-from selfsup.methods.base import StepContext, StepOutput
-from selfsup.optim.schedules import cosine
+from selfsup.methods._two_views import require_two_global_views, require_two_views
+from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.registry import register
 
 
@@ -137,12 +137,10 @@ class MoCoV3(nn.Module):
         deactivate_requires_grad(self.momentum_projection_head)
 
     def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
-        return StepContext(step=step, epoch=step / steps_per_epoch,
-                           momentum=cosine(step, total_steps, self.momentum, 1.0))
+        return ema_step_context(step, steps_per_epoch, total_steps, self.momentum)
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
-        if len(views) != 2:
-            raise ConfigError(f"mocov3 takes exactly 2 views, got {len(views)} (set views.n_global=2, views.n_local=0)")
+        require_two_views("mocov3", views)
         x = torch.cat(views)  # (2b, c, h, w)
         emb = self.backbone(x)  # (2b, d)
         q1, q2 = (self.prediction_head(self.projection_head(e)) for e in emb.chunk(2))  # (b, k) each
@@ -166,6 +164,5 @@ class MoCoV3(nn.Module):
 @register("mocov3")
 def build_mocov3(*, make_backbone: Callable[..., nn.Module], n_global: int, **kwargs: object) -> MoCoV3:
     """Builder used by the registry; ``kwargs`` are the fields of ``method.mocov3``."""
-    if n_global != 2:
-        raise ConfigError(f"bad value for 'views.n_global': {n_global} (mocov3 needs exactly 2)")
+    require_two_global_views("mocov3", n_global)
     return MoCoV3(make_backbone(), **kwargs)  # type: ignore[arg-type]

@@ -20,8 +20,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor, nn
 
-from selfsup.errors import ConfigError
 from selfsup.methods._signals import embed_std_logs
+from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput
 from selfsup.registry import register
 
@@ -50,8 +50,7 @@ class SimCLR(nn.Module):
         return StepContext(step=step, epoch=step / steps_per_epoch)
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
-        if len(views) != 2:
-            raise ConfigError(f"simclr takes exactly 2 views, got {len(views)} (set views.n_global=2, views.n_local=0)")
+        require_two_views("simclr", views)
         emb = self.backbone(torch.cat(views))  # (2b, d)
         z0, z1 = self.projection_head(emb).float().chunk(2)  # (b, k) each
         loss = self.criterion(z0, z1)
@@ -70,6 +69,5 @@ class SimCLR(nn.Module):
 @register("simclr")
 def build_simclr(*, make_backbone: Callable[..., nn.Module], n_global: int, **kwargs: object) -> SimCLR:
     """Builder used by the registry; ``kwargs`` are the fields of ``method.simclr``."""
-    if n_global != 2:
-        raise ConfigError(f"bad value for 'views.n_global': {n_global} (simclr needs exactly 2)")
+    require_two_global_views("simclr", n_global)
     return SimCLR(make_backbone(), **kwargs)  # type: ignore[arg-type]
