@@ -47,3 +47,10 @@ def tiny_config(run_dir: Path, shards: Path, *extra: str, method: str = "dino") 
             *extra,
         ],
     )
+
+
+def last_weights(run_dir: Path) -> dict:
+    """The model tensors of a run's newest complete checkpoint."""
+    from selfsup.train.checkpoint import latest_checkpoint, read_checkpoint_weights
+
+    return read_checkpoint_weights(latest_checkpoint(run_dir))

@@ -23,7 +23,7 @@ from selfsup.errors import ConfigError, DataError
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.loop import pretrain
 from tests.launch_utils import ROOT, free_port, launch, run, tiny_dino_args
-from tests.pipeline_utils import make_shards
+from tests.pipeline_utils import last_weights, make_shards
 
 
 def _dino_worker(rank: int, world: int, port: int, teacher, student, out_dir: str) -> None:
@@ -75,8 +75,7 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):
     killed_at = [c.name for c in list_checkpoints(tmp_path / "cut")][-1]
     assert killed_at != "step_00000008"
     run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"))
-    a = load_file(str(list_checkpoints(tmp_path / "full")[-1] / "model.safetensors"))
-    b = load_file(str(list_checkpoints(tmp_path / "cut")[-1] / "model.safetensors"))
+    a, b = last_weights(tmp_path / "full"), last_weights(tmp_path / "cut")
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
@@ -119,7 +118,7 @@ def test_every_process_holds_the_same_student_teacher_and_center(tmp_path, shard
     for k in r0:
         assert torch.equal(r0[k], r1[k]), f"{k} differs between the two processes"
     assert r0["criterion.center"].abs().sum() > 0  # the center was updated, not left at its zero init
-    saved = load_file(str(list_checkpoints(tmp_path / "run")[-1] / "model.safetensors"))
+    saved = last_weights(tmp_path / "run")
     assert all(torch.equal(saved[k], r0[k]) for k in saved)
 
 

@@ -11,7 +11,6 @@ import time
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
 
 from selfsup.errors import ConfigError
 from selfsup.export import export
@@ -19,7 +18,7 @@ from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.train.accelerator import _enable_fsdp2_on_cpu
 from selfsup.train.checkpoint import list_checkpoints
 from tests.launch_utils import FSDP, ROOT, launch, run, tiny_dino_args
-from tests.pipeline_utils import make_shards
+from tests.pipeline_utils import last_weights, make_shards
 
 FSDP_2PROC = {"accel": FSDP, "accel_args": ("--num_processes", "2", "--mixed_precision", "no")}
 
@@ -36,10 +35,6 @@ def fsdp_run(tmp_path_factory, shards):
     return run_dir
 
 
-def _weights(run_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
-
-
 def test_fsdp_trains_like_ddp_and_writes_sharded_plus_full_checkpoints(tmp_path, shards, fsdp_run):
     assert json.loads((fsdp_run / "summary.json").read_text())["distributed"] == "FSDP"
     ckpt = list_checkpoints(fsdp_run)[-1]
@@ -47,7 +42,7 @@ def test_fsdp_trains_like_ddp_and_writes_sharded_plus_full_checkpoints(tmp_path,
     assert (ckpt / "pytorch_model_fsdp_0").is_dir() and (ckpt / "optimizer_0").is_dir()  # sharded, for resume
     run(*tiny_dino_args(tmp_path / "ddp", shards, "train.save_every=8"))  # same job under DDP
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["distributed"] == "MULTI_CPU"
-    a, b = _weights(fsdp_run), _weights(tmp_path / "ddp")
+    a, b = last_weights(fsdp_run), last_weights(tmp_path / "ddp")
     assert set(a) == set(b)
     for k in a:  # same global batch, same data, same init: only reduction order may differ
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k} differs between FSDP and DDP")
@@ -69,7 +64,7 @@ def test_fsdp_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards
     killed_at = list_checkpoints(tmp_path / "cut")[-1].name
     assert killed_at != "step_00000008"
     run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"), **FSDP_2PROC)
-    a, b = _weights(fsdp_run), _weights(tmp_path / "cut")
+    a, b = last_weights(fsdp_run), last_weights(tmp_path / "cut")
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
@@ -79,7 +74,7 @@ def test_fsdp_run_exports_to_plain_timm(tmp_path, fsdp_run):
     result = export(fsdp_run, tmp_path / "export")
     assert result["step"] == 8 and result["reload_max_abs_diff"] < 1e-5
     model = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
-    teacher = {k.removeprefix("teacher_backbone."): v for k, v in _weights(fsdp_run).items()
+    teacher = {k.removeprefix("teacher_backbone."): v for k, v in last_weights(fsdp_run).items()
                if k.startswith("teacher_backbone.")}
     for k, v in model.state_dict().items():
         assert torch.equal(v, teacher[k]), k
@@ -136,7 +131,7 @@ def test_fsdp_moby_swin_wrapping_swin_blocks_trains_like_ddp(tmp_path, shards):
         "SwinTransformerBlock"))
     run(*args, f"run.dir={tmp_path / 'ddp'}")
     assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["distributed"] == "FSDP"
-    a, b = _weights(tmp_path / "fsdp"), _weights(tmp_path / "ddp")
+    a, b = last_weights(tmp_path / "fsdp"), last_weights(tmp_path / "ddp")
     assert set(a) == set(b) and any(k.endswith("queue1.bank") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=f"{k} differs between FSDP and DDP")
@@ -158,7 +153,7 @@ def test_fsdp_elastic_resume_reshards_onto_more_processes(tmp_path, shards):
 
 def test_fsdp_with_compiled_backbones_trains_like_eager_fsdp(tmp_path, shards, fsdp_run):
     run(*tiny_dino_args(tmp_path / "compiled", shards, "train.save_every=8", "train.compile=true"), **FSDP_2PROC)
-    a, b = _weights(fsdp_run), _weights(tmp_path / "compiled")
+    a, b = last_weights(fsdp_run), last_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=f"{k}: compiled FSDP differs from eager")

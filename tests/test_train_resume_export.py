@@ -11,22 +11,17 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
 
 from selfsup.errors import CheckpointError
 from selfsup.export import export
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.loop import pretrain
-from tests.pipeline_utils import make_shards, tiny_config
+from tests.pipeline_utils import last_weights, make_shards, tiny_config
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return make_shards(tmp_path_factory.mktemp("data"))
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(list_checkpoints(run_dir)[-1] / "model.safetensors"))
 
 
 def test_resume_equals_uninterrupted(tmp_path, shards):
@@ -36,7 +31,7 @@ def test_resume_equals_uninterrupted(tmp_path, shards):
     resumed = pretrain(tiny_config(tmp_path / "cut", shards, "train.max_steps=6", "train.save_every=3",
                                    "train.resume=auto"))
     assert resumed["steps_this_run"] == 3
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    a, b = last_weights(tmp_path / "full"), last_weights(tmp_path / "cut")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical on the CPU
@@ -130,7 +125,7 @@ def test_compiled_backbones_train_like_eager_and_export(tmp_path, shards):
     float rounding, the same weights as the eager run; the export is checked by its plain-timm reload."""
     pretrain(tiny_config(tmp_path / "eager", shards, "train.max_steps=3", "train.save_every=3"))
     pretrain(tiny_config(tmp_path / "compiled", shards, "train.max_steps=3", "train.save_every=3", "train.compile=true"))
-    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    a, b = last_weights(tmp_path / "eager"), last_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()  # compiling in place leaves state-dict keys unchanged (no `_orig_mod.`)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
