@@ -12,18 +12,22 @@ from selfsup.models.backbone import create_backbone
 from selfsup.registry import get_builder
 
 
-def make_backbone_fn(cfg: Config):
-    """A factory for fresh backbones (methods with a momentum encoder may need more than one)."""
+def make_backbone_fn(cfg: Config, *, pretrained: bool = True):
+    """A factory for fresh backbones (methods with a momentum encoder may need more than one), initialised from
+    ``model.pretrained`` unless ``pretrained=False`` (weights about to be loaded from a checkpoint anyway)."""
     return functools.partial(
-        create_backbone, cfg.model.name, drop_path_rate=cfg.model.drop_path_rate, model_args=dict(cfg.model.args)
+        create_backbone, cfg.model.name, drop_path_rate=cfg.model.drop_path_rate, model_args=dict(cfg.model.args),
+        pretrained=cfg.model.pretrained if pretrained else False,
     )
 
 
-def build_method(cfg: Config) -> nn.Module:
+def build_method(cfg: Config, *, pretrained: bool = True) -> nn.Module:
     """``method.name`` + its section of the config -> a method module (see :mod:`selfsup.methods.base`)."""
     builder = get_builder(cfg.method.name)
     kwargs = dataclasses.asdict(getattr(cfg.method, cfg.method.name))
-    return builder(make_backbone=make_backbone_fn(cfg), n_global=cfg.views.n_global, **kwargs)
+    if cfg.method.name == "distill":  # the teacher re-normalises the views from the student's mean/std to its own
+        kwargs.update(view_mean=tuple(cfg.views.mean), view_std=tuple(cfg.views.std))
+    return builder(make_backbone=make_backbone_fn(cfg, pretrained=pretrained), n_global=cfg.views.n_global, **kwargs)
 
 
 def build_transform(cfg: Config):
@@ -74,10 +78,13 @@ def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, po
         rank=rank,
         world_size=world_size,
         shuffle_buffer=cfg.data.shuffle_buffer,
+        interleave=cfg.data.shard_interleave,
         start_positions=position.start_positions() if position is not None else None,
         first_worker=position.next_worker if position is not None else 0,
         draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
         max_bad_fraction=cfg.data.max_bad_fraction,
         bad_window=cfg.data.bad_window,
+        max_sample_bytes=cfg.data.max_sample_bytes,
+        allow_pipe=cfg.data.allow_pipe,
     )
     return make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and pin_memory)

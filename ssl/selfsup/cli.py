@@ -1,8 +1,9 @@
 """``selfsup`` command line: shard, pretrain, export, config.
 
-    selfsup shard SRC OUT_DIR [--max-per-shard N]
+    selfsup shard SRC OUT_DIR [--max-per-shard N] [--no-verify] [--overwrite]
     selfsup pretrain CONFIG [key=value ...]        (also: accelerate launch -m selfsup pretrain ...)
-    selfsup export RUN_DIR OUT_DIR
+    selfsup distill CONFIG [key=value ...]         = selfsup pretrain CONFIG method.name=distill ...
+    selfsup export RUN_DIR OUT_DIR [export.license=ID] [--onnx] [--int8] [--overwrite]
     selfsup config [CONFIG] [key=value ...]        print the resolved config
 
 User errors print one line and exit with code 2.
@@ -39,13 +40,25 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    args.overrides = ["method.name=distill", *args.overrides]  # an alias: the same loop, one more method
+    return _cmd_pretrain(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from selfsup.export import export
 
-    result = export(args.run_dir, args.out_dir, checkpoint=args.checkpoint)
+    result = export(args.run_dir, args.out_dir, checkpoint=args.checkpoint, overrides=args.overrides,
+                    which=args.which, overwrite=args.overwrite)
     print(f"exported {result['encoder']} backbone of {result['method']} (step {result['step']}) to {result['out_dir']}; "
           f"plain timm reload max |diff| = {result['reload_max_abs_diff']:.1e}")
     print(f'  load it with: timm.create_model("local-dir:{result["out_dir"]}", pretrained=True)')
+    if args.onnx or args.int8:
+        from selfsup.onnx_export import export_onnx, summary_lines
+
+        print("\n".join(summary_lines(export_onnx(result["out_dir"], int8=args.int8, dynamic_size=args.onnx_dynamic_size,
+                                                  calibration=args.calibration, run_dir=args.run_dir),
+                                      result["out_dir"])))
     return 0
 
 
@@ -54,7 +67,8 @@ def _cmd_shard(args: argparse.Namespace) -> int:
 
     write_shards(  # prints its progress bar and summary
         args.src, args.out_dir, max_per_shard=args.max_per_shard, image_column=args.image_column,
-        label_column=args.label_column, split=args.split,
+        label_column=args.label_column, split=args.split, seed=None if args.no_shuffle else args.seed,
+        verify=not args.no_verify, overwrite=args.overwrite,
     )
     return 0
 
@@ -76,10 +90,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. optim.lr=1e-4 train.batch_size=32")
     p.set_defaults(func=_cmd_pretrain)
 
+    p = sub.add_parser("distill", help="distil a teacher into a student: CONFIG [key=value ...] (pretrain, method.name=distill)")
+    p.add_argument("config", help="YAML config, e.g. configs/distill_cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. method.distill.teacher=runs/x/export")
+    p.set_defaults(func=_cmd_distill)
+
     p = sub.add_parser("export", help="export a run's backbone for timm: RUN_DIR OUT_DIR")
     p.add_argument("run_dir")
     p.add_argument("out_dir")
-    p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: the newest complete one)")
+    p.add_argument("overrides", nargs="*", help="export.* config keys, e.g. export.license=apache-2.0")
+    p.add_argument("--checkpoint", default=None, help="a checkpoint folder (default: see --which)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUT_DIR may hold other files: write the export's files beside them (they stay)")
+    p.add_argument("--which", choices=("best", "last"), default=None,
+                   help="best = checkpoints/best (the kNN monitor's best), last = the newest checkpoint "
+                        "(default: best when a monitor ran, else last)")
+    p.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx (checked against torch)")
+    p.add_argument("--int8", action="store_true", help="also write OUT_DIR/model.int8.onnx (implies --onnx)")
+    p.add_argument("--onnx-dynamic-size", action="store_true", help="dynamic height/width in the ONNX graph")
+    p.add_argument("--calibration", default=None, help="int8 calibration/check shards (default: the run's data.shards)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("shard", help="write webdataset shards from an image folder or a Hugging Face dataset")
@@ -89,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image")
     p.add_argument("--label-column", default="label")
     p.add_argument("--split", default=None, help="split of a Hugging Face dataset (default: train if present)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order samples are written in (default 0)")
+    p.add_argument("--no-shuffle", action="store_true",
+                   help="keep the source order (sorted paths): a class-folder source then gives one class per shard")
+    p.add_argument("--no-verify", action="store_true",
+                   help="check image headers only (faster) instead of decoding each image to skip broken ones")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace .tar / classes.json files in OUT_DIR that selfsup shard did not write")
     p.set_defaults(func=_cmd_shard)
 
     p = sub.add_parser("config", help="print the resolved config: [CONFIG] [key=value ...]")

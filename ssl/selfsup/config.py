@@ -10,40 +10,52 @@ dataclass objects that are turned into keyword arguments at the edge.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from selfsup.config_yaml import read_config_yaml
 from selfsup.errors import ConfigError
 
-METHODS = ("dino", "mocov3", "moby", "simclr")
+METHODS = ("dino", "mocov3", "moby", "simclr", "distill")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
+ON_COLLAPSE = ("stop", "warn")
 
 
 @dataclass
 class RunConfig:
     dir: str = "runs/default"  # output folder: config.yaml, metrics.jsonl, checkpoints/, tensorboard/
     seed: int = 0
+    # a new run (no train.resume) in a non-empty run.dir is refused unless true; true removes the previous run's
+    # checkpoints/, tensorboard/, config.yaml, metrics.jsonl and summary.json (other files stay)
+    overwrite: bool = False
 
 
 @dataclass
 class DataConfig:
     shards: str = ""  # brace pattern, a folder of .tar files, or a text file with one shard per line
     samples_per_epoch: int = 0  # nominal epoch length in samples; 0 = count the samples in the shards
-    shuffle_buffer: int = 1000
+    # Samples (still encoded: a few kB to a few hundred kB each) in each worker's shuffle buffer.
+    shuffle_buffer: int = 5000
+    shard_interleave: int = 4  # shards each worker reads at once, a sample from each in turn
     num_workers: int = 2
     pin_memory: bool = True
     max_bad_fraction: float = 0.01  # stop when more than this fraction of a window of samples is bad
     bad_window: int = 1000
     draft_decode: bool = True  # decode JPEGs at reduced size when crops are much smaller (Pillow draft)
+    # a sample with a member (tar header size) larger than this is skipped and counted, never read into memory
+    max_sample_bytes: int = 256 * 2**20
+    allow_pipe: bool = False  # accept `pipe:CMD` shard URLs, which run CMD in a shell (a shard list is data otherwise)
 
 
 @dataclass
@@ -70,6 +82,9 @@ class ModelConfig:
     name: str = "vit_small_patch16_224"  # any timm model name
     drop_path_rate: float = 0.1
     args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs (img_size, patch_size...)
+    # initial backbone weights: false | true (timm's published weights for `name`, needs a network) | a selfsup
+    # export folder, a `local-dir:` folder or a .safetensors file (student and teacher alike; heads start fresh)
+    pretrained: Any = False
 
 
 @dataclass
@@ -124,12 +139,26 @@ class SimCLRConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation of a frozen teacher into ``model.name`` (SEED, Fang et al. 2021; LightlyTrain v1)."""
+
+    teacher: str = ""  # a `selfsup export` folder, local-dir:FOLDER, or a timm name with pretrained weights
+    teacher_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs for the teacher
+    teacher_size: int = 0  # the teacher's input side: views are resized to it; 0 = the views as they are
+    loss: str = "seed"  # seed (similarity distributions over a queue, KL) | cosine | mse (feature losses)
+    queue_size: int = 4096  # teacher embeddings kept for loss=seed
+    student_temp: float = 0.07
+    teacher_temp: float = 0.07
+
+
+@dataclass
 class MethodConfig:
     name: str = "dino"  # one of METHODS
     dino: DINOConfig = field(default_factory=DINOConfig)
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     moby: MoBYConfig = field(default_factory=MoBYConfig)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -160,7 +189,31 @@ class TrainConfig:
     resume: Optional[str] = None  # null | auto | path to a checkpoint folder
     resume_elastic: bool = False  # allow resuming on another number of processes/workers (restarts the epoch)
     max_bad_steps: int = 5  # non-finite loss/grad steps in a row before stopping
+    collapse_patience: int = 5  # logs in a row with a collapse signal past its threshold (docs/monitor.md)
+    on_collapse: str = "stop"  # stop | warn
     progress: bool = True
+    # accelerate trackers the metrics go to (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, ...)
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class ExportConfig:
+    """What ``selfsup export`` writes into the shared folder besides the weights (config.json, README.md)."""
+
+    license: Optional[str] = None  # Hub license id (e.g. apache-2.0, cc-by-nc-4.0); null = none stated
+
+
+@dataclass
+class MonitorConfig:
+    """kNN monitor of a run (docs/monitor.md): DINO's weighted kNN top-1 of the exported encoder on a held-out split
+    of a small labelled set, every ``every`` steps; the best score's weights are kept in ``checkpoints/best/``."""
+
+    data: str = ""  # labelled image folder (ROOT/<class>/<image>) or shards with `cls`; "" = no monitor
+    every: int = 500  # steps between evaluations (also at the start of a fresh run and at the last step)
+    max_train: int = 1000  # images of the kNN memory bank (a seeded random selection of monitor.data)
+    max_val: int = 500  # held-out images scored (disjoint from the bank)
+    k: int = 20
+    batch_size: int = 256  # feature extraction batch
 
 
 @dataclass
@@ -172,6 +225,8 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
@@ -180,12 +235,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' forms a cycle")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    data = read_config_yaml(path)
     base = data.pop("base", None)
     chain: list[dict] = []
     if base is not None:
@@ -237,9 +287,14 @@ def load_config(files: list[str | Path] | str | Path | None = None, overrides: l
     for f in files:
         for source, data in _read_yaml(Path(f)):  # type: ignore[misc]
             cfg = _merge(cfg, data, source)
+    given: dict[str, str] = {}  # key -> the override that set it
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}': expected key=value, e.g. optim.lr=1e-4")
+        key = item.split("=", 1)[0].strip()
+        if key in given:
+            raise ConfigError(f"override '{item}': '{key}' is already set by '{given[key]}'; give each key once")
+        given[key] = item
         try:
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as e:
@@ -261,12 +316,84 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"bad value for '{key}': '{value}' (expected one of: {', '.join(choices)})")
 
 
+# Valid ranges of numeric keys ("[" / "]" include the end, "(" / ")" exclude it); a list's items each. NaN is in
+# no range. Keys that must be > 0 are in `positive` in validate(); any other float must at least be finite.
+RANGES = {
+    "run.seed": "[0, inf)", "data.samples_per_epoch": "[0, inf)", "data.shuffle_buffer": "[0, inf)",
+    "data.shard_interleave": "[1, inf)", "data.num_workers": "[0, inf)", "data.max_bad_fraction": "[0, 1]",
+    "data.bad_window": "[1, inf)", "data.max_sample_bytes": "[1, inf)",
+    "views.local_crop_size": "[1, inf)", "views.solarize_prob": "[0, 1]", "views.std": "(0, inf)",
+    "model.drop_path_rate": "[0, 1)",
+    "method.dino.out_dim": "[1, inf)", "method.dino.hidden_dim": "[1, inf)", "method.dino.bottleneck_dim": "[1, inf)",
+    "method.dino.student_temp": "(0, inf)", "method.dino.warmup_teacher_temp": "(0, inf)",
+    "method.dino.teacher_temp": "(0, inf)", "method.dino.warmup_teacher_temp_epochs": "[0, inf)",
+    "method.dino.center_momentum": "[0, 1]", "method.dino.momentum_teacher": "[0, 1]",
+    "method.dino.freeze_last_layer_epochs": "[0, inf)",
+    "method.mocov3.proj_hidden_dim": "[1, inf)", "method.mocov3.out_dim": "[1, inf)",
+    "method.mocov3.pred_hidden_dim": "[1, inf)", "method.mocov3.temperature": "(0, inf)",
+    "method.mocov3.momentum": "[0, 1]",
+    "method.moby.proj_hidden_dim": "[1, inf)", "method.moby.out_dim": "[1, inf)",
+    "method.moby.pred_hidden_dim": "[1, inf)", "method.moby.temperature": "(0, inf)", "method.moby.momentum": "[0, 1]",
+    "method.moby.queue_size": "[1, inf)", "method.moby.target_drop_path_rate": "[0, 1)",
+    "method.simclr.proj_hidden_dim": "[1, inf)", "method.simclr.out_dim": "[1, inf)",
+    "method.simclr.temperature": "(0, inf)",
+    "optim.min_lr": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.weight_decay": "[0, inf)",
+    "optim.weight_decay_end": "[0, inf)", "optim.betas": "[0, 1)", "optim.clip_grad": "[0, inf)",
+    "train.epochs": "[0, inf)", "train.max_steps": "[1, inf)", "train.save_every": "[0, inf)",
+    "train.max_bad_steps": "[1, inf)",
+}
+
+
+def _check_range(key: str, value: Any, interval: str) -> None:
+    if value is None:  # optional keys (train.max_steps): null = unset
+        return
+    for v in value if isinstance(value, list) else [value]:
+        lo, hi = (float(x) for x in interval[1:-1].split(","))
+        if (lo <= v if interval[0] == "[" else lo < v) and (v <= hi if interval[-1] == "]" else v < hi):
+            continue
+        kind = "an integer" if isinstance(v, int) else "a finite number"
+        if hi == math.inf:
+            want = f"{kind} {'>=' if interval[0] == '[' else '>'} {lo:g}"
+        else:
+            want = f"{kind} in {interval}"
+        raise ConfigError(f"bad value for '{key}': {v} (expected {want})")
+
+
+def _floats(node: Any, key: str) -> Iterator[tuple[str, float]]:
+    """Every float in the config tree with its dotted key."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            yield from _floats(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _floats(v, f"{key}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _floats(v, f"{key}[{i}]")
+    elif isinstance(node, float):
+        yield key, node
+
+
+def _check_numbers(cfg: Config) -> None:
+    """Each key of ``RANGES`` in its range, and no NaN or infinity anywhere."""
+    for key, interval in RANGES.items():
+        _check_range(key, functools.reduce(getattr, key.split("."), cfg), interval)
+    for key, value in _floats(cfg, ""):
+        if not math.isfinite(value):
+            raise ConfigError(f"bad value for '{key}': {value} (expected a finite number)")
+
+
 def validate(cfg: Config) -> None:
     """Check values that the types alone cannot: choices, ranges and combinations."""
+    _check_numbers(cfg)
     _choice("method.name", cfg.method.name, METHODS)
     _choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
+    _choice("train.on_collapse", cfg.train.on_collapse, ON_COLLAPSE)
+    if not isinstance(cfg.model.pretrained, (bool, str)) or cfg.model.pretrained == "":
+        raise ConfigError(f"bad value for 'model.pretrained': {cfg.model.pretrained!r} (expected false, true, or the "
+                          "path of a selfsup export, a local-dir: folder or a .safetensors file)")
     if cfg.views.backend == "lightly" and cfg.views.n_global != 2:
         raise ConfigError("bad value for 'views.n_global': views.backend=lightly (DINOTransform) makes exactly 2 global views")
     positive = {
@@ -274,6 +401,12 @@ def validate(cfg: Config) -> None:
         "train.grad_accum": cfg.train.grad_accum,
         "train.log_every": cfg.train.log_every,
         "train.keep_last": cfg.train.keep_last,
+        "train.collapse_patience": cfg.train.collapse_patience,
+        "monitor.every": cfg.monitor.every,
+        "monitor.max_train": cfg.monitor.max_train,
+        "monitor.max_val": cfg.monitor.max_val,
+        "monitor.k": cfg.monitor.k,
+        "monitor.batch_size": cfg.monitor.batch_size,
         "views.global_crop_size": cfg.views.global_crop_size,
         "optim.lr": cfg.optim.lr,
     }
@@ -284,12 +417,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("bad value for 'train.epochs': expected > 0 (or set train.max_steps)")
     if cfg.views.n_global < 1 or cfg.views.n_local < 0:
         raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
-    if cfg.method.name != "dino" and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
+    if cfg.method.name not in ("dino", "distill") and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
         raise ConfigError(
             f"bad value for 'views.n_global'/'views.n_local': {cfg.method.name} takes exactly 2 views "
             f"(views.n_global=2 views.n_local=0), got {cfg.views.n_global} + {cfg.views.n_local}"
         )
-    if cfg.views.n_global + cfg.views.n_local < 2:
+    if cfg.views.n_global + cfg.views.n_local < 2 and cfg.method.name != "distill":  # distill: any view count
         raise ConfigError("views: need at least two views in total (views.n_global + views.n_local >= 2)")
     if len(cfg.views.blur_probs) != 3 or not all(0 <= p <= 1 for p in cfg.views.blur_probs):
         raise ConfigError(f"bad value for 'views.blur_probs': {cfg.views.blur_probs} (expected 3 probabilities: "

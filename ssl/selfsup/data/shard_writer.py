@@ -6,6 +6,15 @@ skipped files can be named in logs. Encoded images are stored byte-for-byte (nev
 under the extension of their real format (``jpg``, ``png``, ...), plus ``cls`` (an int) when the
 source has labels.
 
+Each image is decoded once (JPEGs at 1/8 scale with Pillow ``draft``) with the reader's own
+:func:`selfsup.data.decode.decode_rgb`, so truncated, corrupt and over-limit (decompression bomb) files
+are skipped and counted here instead of costing every epoch; ``verify=False`` checks headers only.
+
+The output folder is never emptied up front: shards go to a temporary sibling folder and are moved in
+only after the whole source was written. A manifest (:data:`MANIFEST`) lists the files a run wrote; a
+later run replaces exactly those, refuses ``.tar`` / ``classes.json`` files it did not write unless
+``overwrite=True``, and never touches any other file.
+
 Example:
     >>> summary = write_shards("flowers5/", "shards/", max_per_shard=1000)  # doctest: +SKIP
     >>> print(summary.format())  # doctest: +SKIP
@@ -17,7 +26,10 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,9 +40,15 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.errors import DataError
 
 SHARD_PATTERN = "shard-%06d.tar"
+CLASSES_FILE = "classes.json"
+MANIFEST = "selfsup_shards.json"  # what a run wrote: the only files a later run may replace
+MANIFEST_FORMAT = "selfsup-shards"
+_OWNABLE = re.compile(r"shard-\d{6}\.tar|classes\.json")  # names a manifest may list; nothing else is ever removed
+VERIFY_DRAFT = (1, 1)  # Pillow draft: decode JPEGs at the largest reduction (1/8), enough to find truncation
 
 # Pillow format name -> the extension we store the bytes under (the reader accepts all of these).
 FORMAT_EXT = {
@@ -51,27 +69,33 @@ class ShardSummary:
     """What :func:`write_shards` wrote.
 
     Attributes:
+        seen: source files (or dataset rows) looked at; always ``samples + sum(skipped.values())``.
         samples: samples written.
         shards: tar files written (``shard-000000.tar`` ...).
         bytes: total size of the tar files.
-        skipped: skipped source files by reason (``empty``, ``not_an_image``, ``decode_error``...).
+        skipped: skipped source files by reason (``empty``, ``not_an_image``, ``truncated``,
+            ``decompression_bomb``, ``decode_error``, ``unsupported_format``).
         classes: class names, index = ``cls`` id (empty when the source has no labels).
         paths: the shard paths, in order.
+        verified: every image was decoded (``False``: header check only).
     """
 
+    seen: int = 0
     samples: int = 0
     shards: int = 0
     bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    verified: bool = True
 
     def format(self) -> str:
-        """One human-readable line."""
-        skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        """One human-readable line: ``seen N = written W + skipped S (reasons)``, then the shards."""
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        check = "images decoded" if self.verified else "headers only (--no-verify)"
         return (
-            f"wrote {self.samples} samples in {self.shards} shards ({self.bytes / 1e6:.1f} MB), "
-            f"{len(self.classes)} classes, skipped: {skipped}"
+            f"seen {self.seen} = written {self.samples} + skipped {sum(self.skipped.values())} ({reasons}); "
+            f"{self.shards} shards ({self.bytes / 1e6:.1f} MB), {len(self.classes)} classes, {check}"
         )
 
 
@@ -109,6 +133,21 @@ def sniff_image(data: bytes) -> tuple[str | None, str]:
     return ext, ""
 
 
+def check_image(data: bytes, *, verify: bool = True) -> tuple[str | None, str]:
+    """``(extension, "")`` for an image worth storing, else ``(None, reason)``.
+
+    With ``verify`` the image is decoded with the reader's :func:`~selfsup.data.decode.decode_rgb` (JPEGs
+    at 1/8 scale), so the reasons are the reader's: ``truncated``, ``decompression_bomb``, ... Without it,
+    only :func:`sniff_image`'s header check runs.
+    """
+    if verify:
+        try:
+            decode_rgb(data, draft_size=VERIFY_DRAFT)
+        except BadSample as e:
+            return None, e.reason
+    return sniff_image(data)
+
+
 def _ext_from_magic(data: bytes) -> str:
     if data[:3] == b"\xff\xd8\xff":
         return "jpg"
@@ -117,8 +156,26 @@ def _ext_from_magic(data: bytes) -> str:
     return "img"
 
 
-def _folder_items(src: Path) -> tuple[Iterator[tuple[str, bytes | None, int | None]], int, list[str]]:
-    """Yield ``(key, bytes, cls)`` for every file under ``src`` in sorted relative-path order."""
+def _permutation(n: int, seed: int | None) -> list[int]:
+    """The order samples are written in: a seeded random permutation, or ``range(n)`` for ``seed=None``.
+
+    Sources listed in sorted order (class folders) would otherwise give one class per shard, which a
+    reader's shuffle buffer cannot mix: nearly every batch would hold one class.
+    """
+    order = list(range(n))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def _folder_items(
+    src: Path, seed: int | None
+) -> tuple[Iterator[tuple[str, bytes | None, int | None]], int, list[str]]:
+    """Yield ``(key, bytes, cls)`` for every file under ``src``, in the order of :func:`_permutation`.
+
+    Keys come from the relative paths (names that collide after sanitising get ``_1``, ``_2`` in sorted
+    path order), so they do not depend on the write order.
+    """
     files = sorted(
         (p for p in src.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(src).parts)),
         key=lambda p: p.relative_to(src).as_posix(),
@@ -127,12 +184,18 @@ def _folder_items(src: Path) -> tuple[Iterator[tuple[str, bytes | None, int | No
         raise DataError(f"{src}: the folder has no files; expected images, optionally in one sub-folder per class")
     classes = sorted({p.relative_to(src).parts[0] for p in files if len(p.relative_to(src).parts) > 1})
     class_id = {c: i for i, c in enumerate(classes)}
+    seen: Counter[str] = Counter()
+    keys = []
+    for p in files:
+        key = sanitize_key(p.relative_to(src).as_posix())
+        keys.append(key if seen[key] == 0 else f"{key}_{seen[key]}")
+        seen[key] += 1
 
     def items() -> Iterator[tuple[str, bytes | None, int | None]]:
-        for p in files:
-            rel = p.relative_to(src)
+        for i in _permutation(len(files), seed):
+            rel = files[i].relative_to(src)
             cls = class_id[rel.parts[0]] if len(rel.parts) > 1 else None
-            yield sanitize_key(rel.as_posix()), p.read_bytes(), cls
+            yield keys[i], files[i].read_bytes(), cls
 
     return items(), len(files), classes
 
@@ -183,7 +246,7 @@ def _load_hf(src: str, split: str | None) -> Any:
 
 
 def _hf_items(
-    ds: Any, *, src: str, image_column: str, label_column: str
+    ds: Any, *, src: str, image_column: str, label_column: str, seed: int | None
 ) -> tuple[Iterator[tuple[str, bytes | None, int | None]], int, list[str]]:
     import datasets
 
@@ -200,7 +263,8 @@ def _hf_items(
         classes = list(ds.features[label_column].names)
 
     def items() -> Iterator[tuple[str, bytes | None, int | None]]:
-        for i, row in enumerate(ds):
+        for i in _permutation(len(ds), seed):
+            row = ds[i]
             value = row[image_column]
             data: bytes | None
             if isinstance(value, dict):
@@ -234,6 +298,82 @@ def _is_hf_saved(path: Path) -> bool:
     )
 
 
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """``out``'s manifest, or ``None`` when there is none or it was not written by :func:`write_shards`."""
+    try:
+        doc = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT and isinstance(doc.get("files"), list)
+    return doc if ours else None
+
+
+def _check_out(out: Path, *, overwrite: bool) -> tuple[set[str], list[str]]:
+    """``(files of a previous run, files it did not write that would mix in)`` for the output folder.
+
+    Raises:
+        DataError: ``out`` is not a folder, or holds ``.tar`` / ``classes.json`` / manifest files that no
+            selfsup run listed, and ``overwrite`` is off.
+    """
+    if not out.exists():
+        return set(), []
+    if not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; expected a folder for the shards")
+    manifest = _read_manifest(out)
+    # Only shard and class-name files can be owned: a hand-edited manifest cannot get anything else removed.
+    owned = {f for f in manifest["files"] if isinstance(f, str) and _OWNABLE.fullmatch(f)} if manifest else set()
+    foreign = sorted(
+        p.name for p in out.iterdir()
+        if (p.is_file() or p.is_symlink())
+        and (p.suffix == ".tar" or p.name == CLASSES_FILE or (p.name == MANIFEST and manifest is None))
+        and p.name not in owned
+    )
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        raise DataError(
+            f"{out}: holds {len(foreign)} file(s) that selfsup shard did not write ({shown}); they would mix "
+            "with the new shards: choose a new or empty folder, or pass --overwrite to replace them "
+            "(other files are never touched)"
+        )
+    return owned, foreign
+
+
+def _write_manifest(out: Path, scratch: Path, files: list[str], **info: Any) -> None:
+    """Atomically (re)write ``out``'s manifest, staged in ``scratch`` (same file system)."""
+    part = scratch / (MANIFEST + ".part")
+    part.write_text(json.dumps({"format": MANIFEST_FORMAT, "version": 1, "files": sorted(files), **info}, indent=1) + "\n")
+    os.replace(part, out / MANIFEST)
+
+
+def _install(tmp: Path, out: Path, new: list[str], old: set[str], info: dict[str, Any]) -> None:
+    """Move the finished files from ``tmp`` into ``out`` and remove the replaced ``old`` ones.
+
+    A manifest naming old and new files goes in first, so a crash mid-way leaves no shard that a rerun
+    would call foreign; the final manifest names only the new files.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    _write_manifest(out, tmp, sorted(set(new) | old), **info, complete=False)
+    for name in new:
+        os.replace(tmp / name, out / name)
+    for name in sorted(old - set(new)):
+        (out / name).unlink(missing_ok=True)
+    _write_manifest(out, tmp, new, **info, complete=True)
+    tmp.rmdir()
+
+
+def _source_file_error(path: Path) -> DataError:
+    """The one line for a file given as ``SRC``: says when it is a (possibly empty) tar."""
+    import tarfile
+
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            n = sum(1 for m in tar if m.isfile())
+        what = "an empty tar file (no members)" if n == 0 else f"a tar file ({n} members)"
+        return DataError(f"{path}: is {what}; selfsup shard reads an image folder or a Hugging Face dataset "
+                         "(extract the tar first; shards already in webdataset format go straight to data.shards)")
+    return DataError(f"{path}: is a file; expected an image folder or a Hugging Face dataset")
+
+
 def write_shards(
     src: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -242,6 +382,9 @@ def write_shards(
     image_column: str = "image",
     label_column: str = "label",
     split: str | None = None,
+    seed: int | None = 0,
+    verify: bool = True,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> ShardSummary:
     """Write ``src`` to ``out_dir/shard-000000.tar``, ... and return what was written.
@@ -250,47 +393,88 @@ def write_shards(
         src: an image folder (recursive; images in sub-folders get the first-level sub-folder name as
             class, ids in sorted order), a ``datasets`` ``save_to_disk`` folder, or the name of a
             dataset already in the local Hugging Face cache (never downloaded).
-        out_dir: output folder, created if needed; also gets ``classes.json`` when there are labels.
+        out_dir: output folder, created if needed; gets the shards, :data:`MANIFEST` and ``classes.json``
+            when there are labels. Shards of a previous run (named by its manifest) are replaced only
+            after the new ones are complete; other files are left alone.
         max_per_shard: samples per tar file.
         image_column: image column of a Hugging Face dataset.
         label_column: integer label column of a Hugging Face dataset (optional).
         split: split of a Hugging Face dataset (required when it has several).
+        seed: samples are written in a random order drawn from this seed, so that every shard mixes
+            the source's classes; ``None`` keeps the source order (sorted paths / dataset rows).
+        verify: decode every image and skip broken ones (``False``: header check only, faster).
+        overwrite: replace ``.tar`` / ``classes.json`` files in ``out_dir`` that no selfsup run wrote.
         progress: show a tqdm progress bar.
 
     Raises:
-        DataError: ``src`` is missing or empty, or a column/split does not exist.
+        DataError: ``src`` is missing or empty, a column/split does not exist, no image is usable, or
+            ``out_dir`` holds shards that selfsup did not write (without ``overwrite``). Nothing in
+            ``out_dir`` has changed then.
     """
     if max_per_shard < 1:
         raise DataError(f"max_per_shard={max_per_shard}: expected a positive number of samples per shard")
     src_str = os.fspath(src)
     src_path = Path(src_str)
+    out = Path(out_dir).resolve()
+    owned, foreign = _check_out(out, overwrite=overwrite)
     if src_path.is_dir() and not _is_hf_saved(src_path):
-        items, total, classes = _folder_items(src_path)
+        items, total, classes = _folder_items(src_path, seed)
     elif _is_hf_saved(src_path):
         items, total, classes = _hf_items(
-            _load_hf(src_str, split), src=src_str, image_column=image_column, label_column=label_column
+            _load_hf(src_str, split), src=src_str, image_column=image_column, label_column=label_column, seed=seed
         )
     elif src_path.exists():
-        raise DataError(f"{src_str}: is a file; expected an image folder or a Hugging Face dataset")
+        raise _source_file_error(src_path)
     elif "/" in src_str.strip("/") and src_str.startswith(("/", ".", "~")):
         raise DataError(f"{src_str}: no such folder")
     else:
         items, total, classes = _hf_items(
-            _load_hf(src_str, split), src=src_str, image_column=image_column, label_column=label_column
+            _load_hf(src_str, split), src=src_str, image_column=image_column, label_column=label_column, seed=seed
         )
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("shard-*.tar"):  # a re-run must not leave shards of a bigger earlier run
-        stale.unlink()
-    summary = ShardSummary(classes=classes)
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.selfsup-shard-", dir=out.parent))
+    except OSError as e:
+        raise DataError(f"{out.parent}: cannot create the temporary shard folder there ({e.strerror})") from None
+    try:
+        summary = _write_all(items, total, tmp, classes=classes, max_per_shard=max_per_shard, verify=verify,
+                             progress=progress)
+        if summary.samples == 0:
+            raise DataError(f"{src_str}: no usable images among {summary.seen} files "
+                            f"(skipped: {summary.skipped or 'no files'})")
+        new = sorted(p.name for p in tmp.iterdir())
+        info = {"source": src_str, "seen": summary.seen, "samples": summary.samples, "skipped": summary.skipped,
+                "classes": len(classes), "seed": seed, "verified": verify, "max_per_shard": max_per_shard}
+        _install(tmp, out, new, (owned | set(foreign)) - {MANIFEST}, info)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp is ours alone (mkdtemp); out is untouched or complete
+        for d in made:  # parent folders this call created, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    summary.paths = [str(out / n) for n in new if n.endswith(".tar")]
+    summary.bytes = sum(os.path.getsize(p) for p in summary.paths)
+    if progress:
+        print(f"{summary.format()} -> {out}")
+    return summary
+
+
+def _write_all(
+    items: Iterator[tuple[str, bytes | None, int | None]], total: int, out: Path, *, classes: list[str],
+    max_per_shard: int, verify: bool, progress: bool,
+) -> ShardSummary:
+    """Write every usable item to ``out/shard-%06d.tar`` (+ ``classes.json``) and count the rest."""
+    summary = ShardSummary(classes=classes, verified=verify)
     skipped: Counter[str] = Counter()
     seen_keys: Counter[str] = Counter()
     labelled = False
     writer: wds.ShardWriter | None = None
     try:
         for key, data, cls in tqdm(items, total=total, disable=not progress, desc="shards", unit="img"):
-            ext, reason = sniff_image(data or b"")
+            summary.seen += 1
+            ext, reason = check_image(data or b"", verify=verify)
             if ext is None:
                 skipped[reason] += 1
                 continue
@@ -308,13 +492,7 @@ def write_shards(
         if writer is not None:
             writer.close()
     summary.skipped = dict(skipped)
-    if summary.samples == 0:
-        raise DataError(f"{src_str}: no usable images (skipped: {dict(skipped) or 'no files'})")
-    summary.paths = sorted(str(p) for p in out.glob("shard-*.tar"))
-    summary.shards = len(summary.paths)
-    summary.bytes = sum(os.path.getsize(p) for p in summary.paths)
+    summary.shards = len(list(out.glob("shard-*.tar")))
     if labelled and classes:
-        (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    if progress:
-        print(summary.format())
+        (out / CLASSES_FILE).write_text(json.dumps(classes, indent=1) + "\n")
     return summary

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import tarfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -40,10 +41,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
 
 from selfsup.data.decode import REASON_NO_IMAGE, BadSample, decode_rgb
+from selfsup.data.shard_urls import ShardOpenError, check_url, is_remote, open_shard
 from selfsup.errors import DataError
 
 try:  # webdataset depends on braceexpand; fall back to no expansion if it ever does not
@@ -59,17 +60,18 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif", "ppm", 
 REASON_MISSING_SHARD = "missing_shard"
 REASON_CORRUPT_SHARD = "corrupt_shard"
 REASON_TRANSFORM = "transform_error"
+REASON_UNREACHABLE = "unreachable_shard"
+REASON_TOO_LARGE = "too_large"
 # A slot that sees no sample in this many epochs in a row has no data: fail instead of spinning.
 MAX_EMPTY_EPOCHS = 20
 LOG_FIRST_SKIPS = 20
 LOG_EVERY_SKIPS = 1000
+WDS_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members that are not sample data
 
 
-def _is_remote(url: str) -> bool:
-    return "://" in url or url.startswith("pipe:")
-
-
-def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, strict: bool = False) -> list[str]:
+def expand_shards(
+    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, strict: bool = False, allow_pipe: bool = False
+) -> list[str]:
     """Resolve a shard spec to a list of tar paths.
 
     Args:
@@ -78,13 +80,15 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
             file; blank lines and ``#`` comments ignored), or a list of any of these.
         strict: a missing shard is an error instead of a warning (evaluation: a missing shard would silently
             change the dataset).
+        allow_pipe: accept ``pipe:CMD`` URLs (they run CMD in a shell); refused by default.
 
     Returns:
         Existing shard paths (and remote ``scheme://`` / ``pipe:`` URLs, unchecked), in order.
         Missing files are skipped with a warning that counts them (unless ``strict``).
 
     Raises:
-        DataError: nothing at all is left, or (``strict``) a shard is missing.
+        DataError: nothing at all is left, (``strict``) a shard is missing, or a ``pipe:`` URL without
+            ``allow_pipe`` (naming the line of the list file).
     """
     specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
     candidates: list[str] = []
@@ -94,17 +98,18 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
         if p.is_dir():
             candidates.extend(sorted(str(t) for t in p.glob("*.tar")))
         elif p.is_file() and not tarfile.is_tarfile(s) and p.suffix not in (".tar", ".tgz", ".gz"):
-            for line in p.read_text().splitlines():
+            for lineno, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
                 line = line.split("#", 1)[0].strip()
-                if line:
-                    candidates.extend(
-                        u if _is_remote(u) or os.path.isabs(u) else str(p.parent / u) for u in braceexpand(line)
-                    )
+                for u in braceexpand(line) if line else ():
+                    check_url(u, allow_pipe=allow_pipe, where=f"{p}:{lineno}")
+                    candidates.append(u if is_remote(u) or os.path.isabs(u) else str(p.parent / u))
         elif "{" not in s and any(c in s for c in "*?[") and not p.exists():
             candidates.extend(sorted(glob.glob(s)))
         else:
-            candidates.extend(braceexpand(s))
-    found = [u for u in candidates if _is_remote(u) or os.path.isfile(u)]
+            for u in braceexpand(s):
+                check_url(u, allow_pipe=allow_pipe, where="shard spec")
+                candidates.append(u)
+    found = [u for u in candidates if is_remote(u) or os.path.isfile(u)]
     found_set = set(found)
     missing = [u for u in candidates if u not in found_set]
     if missing and strict:
@@ -120,7 +125,8 @@ def expand_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
 
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from ``parts`` that is the same on every machine and Python run."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    # surrogateescape: a tar member name that is not UTF-8 reaches us with its raw bytes escaped; hash those bytes
+    digest = hashlib.sha256(":".join(map(str, parts)).encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -142,9 +148,42 @@ def _seeded_rngs(seed: int, *, restore: bool) -> Iterator[None]:
 
 
 def _shard_error_reason(exn: BaseException) -> str:
+    if isinstance(exn, ShardOpenError):
+        return REASON_UNREACHABLE
     if isinstance(exn, FileNotFoundError):
         return REASON_MISSING_SHARD
     return REASON_CORRUPT_SHARD
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Stands in for a member's bytes that were not read: ``size`` (from the tar header) > ``limit``."""
+
+    size: int
+    limit: int
+
+
+def _tar_members(stream: Any, url: str, *, max_bytes: int | None,
+                 handler: Callable[[BaseException], bool]) -> Iterator[dict[str, Any]]:
+    """Regular members of a tar stream as ``{"fname", "data", "__url__"}`` (what ``group_by_keys`` takes).
+
+    A member larger than ``max_bytes`` is not read: its data is a :class:`_TooLarge`, so its sample is skipped
+    and counted once. webdataset's metadata members (``__name__``) are skipped, as webdataset does.
+    """
+    # Hand-written: webdataset's tar_file_iterator reads every member whole before anything can look at its size.
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|*")
+        for info in tar:
+            if not info.isreg() or WDS_META.match(info.name):
+                continue
+            if max_bytes is not None and info.size > max_bytes:
+                data: Any = _TooLarge(info.size, max_bytes)  # stream mode skips the unread bytes in chunks
+            else:
+                data = tar.extractfile(info).read()  # type: ignore[union-attr]
+            yield {"fname": info.name, "data": data, "__url__": url}
+            tar.members = []  # stream mode: do not keep every header of the shard
+    except Exception as exn:  # noqa: BLE001 - a broken shard is counted by the handler, never fatal
+        handler(exn)
 
 
 @dataclass(frozen=True)
@@ -195,11 +234,14 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         shuffle_buffer: int = 1000,
+        interleave: int = 1,
         start_positions: dict[int, tuple[int, int]] | None = None,
         first_worker: int = 0,
         draft_size: tuple[int, int] | None = None,
         max_bad_fraction: float = 0.01,
         bad_window: int = 1000,
+        max_sample_bytes: int | None = None,
+        allow_pipe: bool = False,
     ) -> None:
         """Args:
         urls: shard paths (see :func:`expand_shards`).
@@ -208,12 +250,16 @@ class ShardStream(IterableDataset):
         seed: run seed; shard order, shuffle and augmentations derive from it.
         rank, world_size: this process and the number of processes.
         shuffle_buffer: samples in the per-worker shuffle buffer (<= 1: no shuffle).
+        interleave: shards each worker reads at once, a sample from each in turn.
         start_positions: ``{worker: (epoch, offset)}`` to resume from (``DataPosition.start_positions()``).
         first_worker: worker whose batch comes first after a resume (``DataPosition.next_worker``);
             used by :func:`make_loader` to keep the round-robin order.
         draft_size: decode JPEGs at reduced size, at least this big (see ``decode_rgb``).
         max_bad_fraction, bad_window: fail when more than ``max_bad_fraction * bad_window`` of the
             last ``bad_window`` samples were bad.
+        max_sample_bytes: a sample with a larger member is skipped (``too_large``) without reading that member
+            (``data.max_sample_bytes``); ``None`` = no limit.
+        allow_pipe: accept ``pipe:CMD`` URLs (``data.allow_pipe``).
         """
         super().__init__()
         if not urls:
@@ -229,11 +275,16 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
+        self.interleave = max(1, interleave)
         self.start_positions = dict(start_positions or {})
         self.first_worker = first_worker
         self.draft_size = draft_size
         self.max_bad_fraction = max_bad_fraction
         self.bad_window = bad_window
+        self.max_sample_bytes = max_sample_bytes
+        self.allow_pipe = allow_pipe
+        for url in self.urls:
+            check_url(url, allow_pipe=allow_pipe, where="urls")
 
     # ------------------------------------------------------------------ raw samples
     def _read_shard(self, url: str, skips: Counter[str]) -> Iterator[dict[str, Any]]:
@@ -246,12 +297,12 @@ class ShardStream(IterableDataset):
             return True
 
         try:
-            stream = open(url, "rb") if not _is_remote(url) else gopen.gopen(url)  # noqa: SIM115
+            stream = open_shard(url, allow_pipe=self.allow_pipe)
         except Exception as exn:  # noqa: BLE001
             handler(exn)
             return
         with stream:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+            files = _tar_members(stream, url, max_bytes=self.max_sample_bytes, handler=handler)
             yield from group_by_keys(files, handler=handler)
 
     def _epoch_shards(self, epoch: int, slot: _Slot) -> tuple[list[str], int, int]:
@@ -263,11 +314,27 @@ class ShardStream(IterableDataset):
             return shards[s::total], 1, 0
         return [shards[s % n]], len(range(s % n, total, n)), s // n
 
+    def _one_shard(self, url: str, k: int, r: int, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+        for index, sample in enumerate(self._read_shard(url, skips)):
+            if index % k == r:
+                yield sample
+
     def _raw_samples(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+        """This slot's samples, taken in turn from up to ``interleave`` open shards (so that shards written
+        in class order still mix before the shuffle buffer)."""
         shards, k, r = self._epoch_shards(epoch, slot)
-        for url in shards:
-            for index, sample in enumerate(self._read_shard(url, skips)):
-                if index % k == r:
+        pending = iter(shards)
+        open_: list[Iterator[dict[str, Any]]] = []
+        while True:
+            while len(open_) < self.interleave and (url := next(pending, None)) is not None:
+                open_.append(self._one_shard(url, k, r, skips))
+            if not open_:
+                return
+            for it in list(open_):
+                sample = next(it, None)
+                if sample is None:
+                    open_.remove(it)
+                else:
                     yield sample
 
     def _shuffled(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
@@ -290,6 +357,9 @@ class ShardStream(IterableDataset):
 
     # ------------------------------------------------------------------ decoded samples
     def _views(self, sample: dict[str, Any], epoch: int, restore_rng: bool) -> list[Tensor]:
+        big = next((v for v in sample.values() if isinstance(v, _TooLarge)), None)
+        if big is not None:
+            raise BadSample(REASON_TOO_LARGE, f"a member of {big.size} bytes > data.max_sample_bytes={big.limit}")
         data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         if data is None:
             raise BadSample(REASON_NO_IMAGE, f"members: {sorted(k for k in sample if not k.startswith('__'))}")
