@@ -4,6 +4,7 @@
     selfsup-eval knn      --weights EXPORT --train TRAIN --val VAL --out DIR ...   (writes DIR/knn.json)
     selfsup-eval linear   ...                                                      (writes DIR/linear.json)
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
+    selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
 
 User errors print one line and exit 2.
 """
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="only the fine-tune stage")
     _add_common(ft)
     _add_finetune(ft)
+    deploy = sub.add_parser("deploy", help="cost/accuracy table of exports and their ONNX fp32/int8 files")
+    _add_common(deploy)  # --weights takes EXPORT[,EXPORT...] here
+    deploy.add_argument("--repeats", type=_positive, default=10, help="timed runs per latency/throughput median")
     from evaluation.detection.cli import add_detect_parser
 
     add_detect_parser(sub)  # `detect`: transfer to object detection (evaluation/detection/)
@@ -105,6 +109,14 @@ def run(args: argparse.Namespace, command: str) -> None:
                    batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
                    finetune_lr=args.finetune_lr, command=command, **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
+        return
+    if args.command == "deploy":
+        from evaluation.deploy import run_deploy
+
+        run_deploy(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
+                   seeds=args.seeds, max_train=args.max_train, max_val=args.max_val, batch_size=args.batch_size,
+                   threads=args.threads, repeats=args.repeats, command=command, **common)
+        print(f"wrote {args.out}/deploy.md, deploy.json, accuracy_vs_latency.png")
         return
     data = prepare_data(train=args.train, val=args.val, out=args.out, label_fractions=fractions, seeds=args.seeds,
                         max_train=args.max_train, max_val=args.max_val)

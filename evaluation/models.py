@@ -29,15 +29,18 @@ class ModelSource:
 
     Attributes:
         name: label in the report (``pretrained``, ``random_init``, ``timm:<dir name>``).
-        kind: ``export`` (a local-dir folder), or ``random_init`` (architecture of ``path``, no weights).
+        kind: ``export`` (a local-dir folder), ``random_init`` (architecture of ``path``, no weights), or ``onnx``
+            (the ONNX file ``path/file`` written by ``selfsup export --onnx``, run with onnxruntime).
         path: the exported / timm folder.
         seed: init seed for ``random_init`` (:data:`RANDOM_INIT_SEED` by default).
+        file: for ``onnx``, the ONNX file name inside ``path`` (``model.onnx``, ``model.int8.onnx``).
     """
 
     name: str
     kind: str
     path: str
     seed: int = RANDOM_INIT_SEED
+    file: str = ""
 
 
 @dataclass
@@ -117,6 +120,12 @@ def load_model(source: ModelSource, *, img_size: int | None = None) -> LoadedMod
             torch.manual_seed(source.seed)
             model = timm.create_model(cfg["architecture"], pretrained=False, **args)
         weights_id = f"random_init:{cfg['architecture']}:{json.dumps(args, sort_keys=True)}:{source.seed}"
+    elif source.kind == "onnx":
+        from evaluation.onnx_model import OnnxBackbone
+
+        onnx_path = Path(source.path) / source.file
+        model = OnnxBackbone(onnx_path, num_features=int(cfg["num_features"]))
+        weights_id = f"sha256:{file_sha256(onnx_path)}"
     else:
         raise ValueError(f"unknown model kind {source.kind!r}")
     model.eval()
@@ -128,13 +137,13 @@ def load_model(source: ModelSource, *, img_size: int | None = None) -> LoadedMod
     info = {
         "name": source.name,
         "kind": source.kind,
-        "weights": str(Path(source.path).resolve()) if source.kind == "export" else None,
+        "weights": str(Path(source.path).resolve() / source.file) if source.kind in ("export", "onnx") else None,
         "init_seed": source.seed if source.kind == "random_init" else None,
         "weights_id": weights_id,
         "architecture": cfg["architecture"],
         "num_features": int(model.num_features),
         "model_args": cfg.get("model_args") or {},
-        "selfsup": cfg.get("selfsup") if source.kind == "export" else None,
+        "selfsup": cfg.get("selfsup") if source.kind in ("export", "onnx") else None,
         "input_size": list(data_config["input_size"]),
     }
     return LoadedModel(source=source, model=model, data_config=data_config, info=info)

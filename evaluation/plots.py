@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg backend): accuracy against label fraction, pretraining curves."""
+"""Report figures (matplotlib, Agg backend): accuracy against label fraction and against latency, pretraining curves."""
 
 from __future__ import annotations
 
@@ -28,16 +28,42 @@ def plot_accuracy_vs_fraction(panels: list[tuple[str, list[dict[str, Any]]]], pa
             pts = sorted((r["label_fraction"], r["mean"], r["std"]) for r in rows if r["model"] == model)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3, label=model)
-        ax.set_xscale("log")
-        ax.set_xlabel("label fraction")
-        ax.set_ylabel("top-1 (%)")
-        ax.set_title(title)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _top1_panel(ax, title=title, xlabel="label fraction", legend_size=8)
+    return _save(fig, path)
+
+
+def _top1_panel(ax: Any, *, title: str, xlabel: str, legend_size: int) -> None:
+    """Log x axis, top-1 (%) y axis, title, grid and legend of one panel."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_accuracy_vs_latency(panels: dict[str, list[tuple[str, float, float | None]]], path: Path, *,
+                             xlabel: str) -> Path:
+    """One panel per evaluation; in each, top-1 (%) against CPU latency (ms, log x), one labelled point per model.
+
+    Args:
+        panels: ``{title: [(model, latency_ms, accuracy in [0, 1] or None), ...]}``; ``None`` points are skipped.
+        path: PNG to write.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False)
+    for ax, (title, pts) in zip(axes[0], panels.items()):
+        for model, x, y in pts:
+            if y is not None:
+                ax.plot([x], [100 * y], marker="o", ls="", label=model)
+        _top1_panel(ax, title=title, xlabel=xlabel, legend_size=7)
+    return _save(fig, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from evaluation.models import model_sources
 from evaluation.plots import plot_accuracy_vs_fraction, plot_pretraining_curves, read_metrics
 from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear, summarise
@@ -34,7 +36,12 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
     out = Path(out)
     data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
                         max_train=max_train, max_val=max_val)
-    sources = model_sources(weights=weights, baseline_timm=baseline_timm)
+    from evaluation.deploy import DEPLOY_FILE, deploy_sources, split_weights, write_deploy
+
+    several = len(split_weights(weights)) > 1  # several exports: compare them and their ONNX files, no random init
+    baseline = [baseline_timm.removeprefix("local-dir:")] if baseline_timm else []
+    sources = (deploy_sources(split_weights(weights) + baseline) if several
+               else model_sources(weights=weights, baseline_timm=baseline_timm))
     kw = dict(out=out, img_size=img_size, num_workers=num_workers, device=device)
     run_knn(data, sources, batch_size=batch_size, **kw)
     run_linear(data, sources, batch_size=batch_size, **kw)
@@ -43,6 +50,11 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
         run_finetune(data, sources, batch_size=min(batch_size, 64), steps=finetune_steps, lr=finetune_lr, **kw)
     elif stale.exists():
         stale.unlink()  # a fine-tune from an earlier call would not match these settings
+    if several:  # the cost/accuracy table of `selfsup-eval deploy`, shown in the report
+        write_deploy(out, sources, fractions=label_fractions, img_size=img_size, threads=torch.get_num_threads(),
+                     repeats=5, command=command)
+    elif (out / DEPLOY_FILE).exists():
+        (out / DEPLOY_FILE).unlink()  # from an earlier several-weights report: not these models
     return build_report(out, command=command)
 
 
@@ -177,6 +189,7 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
     hparams = [{k: r[k] for k in ("model", "label_fraction", "seed", "lr", "wd", "holdout_top1", "selection")}
                for r in (stages["linear"] or {"runs": []})["runs"]]
     detection = read_detection(out / "detection.json")
+    deployment = _load(out, "deploy")
 
     panels = []
     if stages["knn"]:
@@ -213,7 +226,8 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
         "detection": detection,
         "pretraining": {"run_dir": run_dir, "metrics_file": str(metrics_file) if n_records else None,
                         "num_records": n_records},
-        "plots": plots,
+        "plots": plots + ([deployment["plot"]] if deployment and (out / deployment["plot"]).is_file() else []),
+        "deployment": deployment,
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     md, body = render(report)
@@ -256,6 +270,12 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
         rows = [[r["model"], "" if r["label_fraction"] is None else f"{100 * r['label_fraction']:g}%"]
                 + [_num(r[m]["mean"], r[m]["std"]) if m in r else "" for m in metrics] for r in report["detection"]]
         blocks += [("h2", "Detection"), ("table", (["model", "label fraction"] + metrics, rows))]
+    if report.get("deployment"):
+        from evaluation.deploy import deploy_notes
+
+        dep = report["deployment"]
+        blocks += [("h2", "Deployment: cost and accuracy"), ("list", deploy_notes(dep)),
+                   ("table", (dep["table"]["header"], dep["table"]["rows"]))]
     blocks += [("h2", "Plots"), ("plots", report["plots"]), ("h2", "How to read this report"), ("text", READING)]
     md: list[str] = []
     for kind, payload in blocks:
