@@ -15,7 +15,7 @@ import safetensors.torch
 import timm
 import torch
 
-from evaluation.data import LabelledImages, TransformedImages
+from selfsup.data.labelled import LabelledImages, TransformedImages
 from evaluation.models import LoadedModel
 
 FEATURES_VERSION = 1

@@ -18,7 +18,7 @@ from timm.optim import create_optimizer_v2
 import torch
 import torch.nn.functional as F
 
-from evaluation.data import LabelledImages, TransformedImages
+from selfsup.data.labelled import LabelledImages, TransformedImages
 from evaluation.knn import topk_accuracy
 
 

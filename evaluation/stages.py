@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.data import LabelledImages, open_labelled
+from selfsup.data.labelled import LabelledImages, open_labelled
 from evaluation.features import Features, cached_features, eval_transform, resolve_device
 from evaluation.finetune import finetune, seed_everything
 from evaluation.fractions import fraction_key, label_subsets

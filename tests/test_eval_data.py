@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation.data import encode_png, open_labelled
+from selfsup.data.labelled import encode_png, open_labelled
 from selfsup.errors import DataError
 
 

@@ -22,13 +22,13 @@ import torch
 
 from selfsup.build import build_method
 from selfsup.config import Config, config_hash, load_config
+from selfsup.data.eval_transform import eval_data_config
 from selfsup.errors import CheckpointError
+from selfsup.train.best import choose_checkpoint
 from selfsup.train.checkpoint import (
     MODEL_FILE,
     check_keys_match,
-    latest_checkpoint,
     read_checkpoint_weights,
-    resolve_resume,
 )
 
 def load_checkpoint_weights(method: torch.nn.Module, ckpt: Path) -> None:
@@ -46,7 +46,7 @@ def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
-           atol: float = 1e-5) -> dict[str, Any]:
+           which: str | None = None, atol: float = 1e-5) -> dict[str, Any]:
     """Write the run's exported encoder to ``out_dir`` and check it by reloading with plain timm.
 
     Returns:
@@ -56,15 +56,13 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path |
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
-    ckpt = resolve_resume(str(checkpoint), run_dir) if checkpoint else latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise CheckpointError(f"{run_dir}: no complete checkpoint under {run_dir / 'checkpoints'} (train longer or "
-                              f"lower train.save_every)")
+    # --checkpoint, or --which best|last (default: the monitor's best when a monitor ran, else the newest)
+    ckpt = choose_checkpoint(run_dir, which=which, checkpoint=checkpoint)
     cfg: Config = load_config(ckpt / "config.yaml" if (ckpt / "config.yaml").is_file() else cfg_path)
     cfg.model.drop_path_rate = 0.0  # the exported model's default; the weights do not depend on it
     step = json.loads((ckpt / "COMPLETE").read_text()).get("step")
 
-    method = build_method(cfg)
+    method = build_method(cfg, pretrained=False)  # the checkpoint's weights replace model.pretrained's
     load_checkpoint_weights(method, ckpt)
     backbone = method.export_backbone().eval()  # type: ignore[operator]
     size = cfg.views.global_crop_size
@@ -82,8 +80,7 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path |
         shutil.rmtree(tmp)
     timm.models.save_for_hf(
         backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
-        data_config={"input_size": (3, size, size), "mean": tuple(cfg.views.mean), "std": tuple(cfg.views.std),
-                     "crop_pct": 1.0, "interpolation": "bicubic"},
+        data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
     )
     check = verify_export(tmp, backbone, size=size, atol=atol)
     if out_dir.exists():

@@ -14,6 +14,7 @@ import timm
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.models.pretrained import load_pretrained
 
 # Tried in order; the first kwargs the model constructor accepts wins.
 _MULTI_RES_KWARGS: tuple[dict[str, Any], ...] = (
@@ -23,13 +24,16 @@ _MULTI_RES_KWARGS: tuple[dict[str, Any], ...] = (
 )
 
 
-def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[str, Any] | None = None) -> nn.Module:
+def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[str, Any] | None = None,
+                    pretrained: bool | str = False) -> nn.Module:
     """Create ``timm.create_model(name, num_classes=0, ...)`` able to take crops of several sizes.
 
     Args:
         name: a timm model name, e.g. ``vit_small_patch16_224`` or ``swin_tiny_patch4_window7_224``.
         drop_path_rate: stochastic depth rate.
         model_args: extra kwargs for ``timm.create_model`` (``img_size``, ``patch_size``, ``embed_dim``...).
+        pretrained: ``False``; ``True`` = timm's published weights (timm downloads them); or a path read by
+            :func:`selfsup.models.pretrained.load_pretrained`.
 
     Returns:
         A timm model whose ``forward(x)`` maps (b, c, h, w) to pooled embeddings (b, num_features).
@@ -42,9 +46,14 @@ def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[
     for extra in _MULTI_RES_KWARGS:
         kwargs = {**extra, **model_args}
         try:
-            return timm.create_model(name, pretrained=False, num_classes=0, drop_path_rate=drop_path_rate, **kwargs)
+            model = timm.create_model(name, pretrained=pretrained is True, num_classes=0,
+                                      drop_path_rate=drop_path_rate, **kwargs)
         except TypeError as e:  # the constructor does not take this multi-resolution flag
             last_error = e
             if not extra:
                 break
+            continue
+        if isinstance(pretrained, str):
+            load_pretrained(model, pretrained)
+        return model
     raise ConfigError(f"timm model '{name}' rejected model.args {model_args}: {last_error}")

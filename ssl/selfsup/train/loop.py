@@ -36,6 +36,8 @@ from selfsup.train.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
+from selfsup.train.collapse import CollapseGuard
+from selfsup.train.monitor import make_monitor
 from selfsup.train.resume import load_resume_state
 
 log = logging.getLogger("selfsup")
@@ -103,7 +105,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process
-    method = build_method(cfg)
+    method = build_method(cfg, pretrained=not resume_dir)  # model.pretrained only for a fresh start
     check_crop_sizes(method.export_backbone(),  # type: ignore[operator]
                      cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
@@ -131,6 +133,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 
     peak_lr = scaled_lr(cfg.optim.lr, global_batch)
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    monitor = make_monitor(cfg, run_dir=run_dir, stop_step=stop_step)  # kNN + checkpoints/best (monitor.data)
+    guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, warmup_steps, last_healthy=resume_dir)
     params = [p for p in method.parameters() if p.requires_grad]
     scaler = accelerator.scaler  # fp16 only
     buffers = list(method.buffers())
@@ -139,6 +143,15 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
                desc="pretrain", dynamic_ncols=True)
     last: dict[str, Any] = {}
+
+    def emit(record: dict[str, Any]) -> None:
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    if monitor is not None and not resume_dir:  # the score of the initial weights: the baseline to beat
+        emit({"step": 0, **monitor.evaluate(0, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})})
     t_log, samples_log, t_start, step_start = time.perf_counter(), 0, time.perf_counter(), state.step
     batches = iter(loader)
     method.train()
@@ -197,8 +210,11 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         bar.update(1)
+        knn = (monitor.evaluate(state.step, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})
+               if monitor is not None and monitor.due(state.step) else {})
+        t_log += knn.get("monitor_s", 0.0)  # images_per_s counts training time only
 
-        if state.step % cfg.train.log_every == 0 or state.step == stop_step:
+        if knn or state.step % cfg.train.log_every == 0 or state.step == stop_step:
             loss = accelerator.reduce(out.loss.detach().float(), reduction="mean").item()
             dt = time.perf_counter() - t_log
             last = {
@@ -208,21 +224,20 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                 "grad_norm": float(grad_norm), "bad_steps": state.bad_steps_total,
                 "skipped_samples": sum(position.skipped.values()),
                 **({"loss_scale": float(scaler.get_scale())} if scaler is not None else {}),
-                **{k: float(v) for k, v in out.logs.items()},
+                **{k: float(v) for k, v in out.logs.items()}, **knn,
             }
             t_log, samples_log = time.perf_counter(), 0
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(last) + "\n")
-                accelerator.log({k: v for k, v in last.items() if k != "step"}, step=state.step)
-                bar.set_postfix(loss=f"{loss:.4f}", ips=f"{last['images_per_s']:.0f}")
+            emit(last)
+            bar.set_postfix(loss=f"{loss:.4f}", ips=f"{last['images_per_s']:.0f}",
+                            **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
+            guard.observe(state.step, last, accelerator)  # raises on a collapse (train.on_collapse=stop)
 
         save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
         # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final
         # one is always written: skipped steps leave a valid state.
-        if save_due and (state.bad_steps_in_row == 0 or state.step == stop_step):
-            save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml}, cfg.train.keep_last,
-                            write_process_files=write_process_state, model=method)
+        if save_due and ((state.bad_steps_in_row == 0 and guard.allows_save) or state.step == stop_step):
+            guard.saved(save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml},
+                                        cfg.train.keep_last, write_process_files=write_process_state, model=method))
     bar.close()
     accelerator.end_training()
 
@@ -234,6 +249,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         "final": last, "skipped_samples": dict(position.skipped), "bad_steps": state.bad_steps_total,
         "run_dir": str(run_dir), "distributed": accelerator.distributed_type.value, "config_hash": cfg_hash,
         "process_index": rank, "method": cfg.method.name, "model": cfg.model.name,
+        **({"monitor": monitor.summary()} if monitor is not None else {}),
     }
     if accelerator.is_main_process:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

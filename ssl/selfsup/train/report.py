@@ -24,6 +24,10 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  collapse signal: teacher entropy {final['teacher_entropy']:.3f} of max {final['teacher_entropy_max']:.3f}"
             " (near 0 or near max = collapse)"
         )
+    mon = summary.get("monitor")
+    if mon:
+        lines.append(f"  kNN monitor: best top-1 {mon['knn_top1_best']:.4f} at step {mon['best_step']} "
+                     f"(checkpoints/best/; {mon['evals']} evaluations, {mon['seconds']:.1f} s)")
     skipped = summary.get("skipped_samples") or {}
     lines.append(f"  skipped samples: {sum(skipped.values())} {skipped if skipped else ''}".rstrip())
     if summary.get("bad_steps"):

@@ -1,10 +1,11 @@
-"""Labelled image datasets for evaluation: image folders, Hugging Face datasets on disk, webdataset shards.
+"""Labelled image datasets (evaluation, and the kNN monitor of a run): image folders, Hugging Face datasets on
+disk, webdataset shards.
 
 Every source is opened into a :class:`LabelledImages`: a random-access list of (RGB image, class index)
 with the class names, the integer labels as one array, and an ``identity`` string that changes when the
 data changes (it keys the feature cache). Images are decoded with :func:`selfsup.data.decode.decode_rgb`.
 
-Supported layouts for ``--train`` / ``--val``:
+Supported layouts (``selfsup-eval --train`` / ``--val``, ``monitor.data``):
 
 - an image folder ``ROOT/<class>/<image>`` (class = sub-folder name, sorted);
 - a Hugging Face dataset written with ``Dataset.save_to_disk`` (an ``Image`` column and a ``ClassLabel`` or
