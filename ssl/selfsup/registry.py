@@ -24,7 +24,7 @@ def get_builder(name: str) -> Builder:
     # Importing the package modules fills the registry.
     import selfsup.methods.dino  # noqa: F401
 
-    for mod in ("mocov3", "moby", "simclr"):
+    for mod in ("mocov3", "moby", "simclr", "distill"):
         try:
             __import__(f"selfsup.methods.{mod}")
         except ModuleNotFoundError:

@@ -47,7 +47,7 @@ class StepOutput:
 class Method(Protocol):
     """The interface between a method and the loop."""
 
-    #: which encoder :meth:`export_backbone` returns: ``teacher``, ``momentum`` or ``online``.
+    #: which encoder :meth:`export_backbone` returns: ``teacher``, ``momentum``, ``online`` or ``student`` (distill).
     export_encoder: str
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:

@@ -57,3 +57,9 @@ def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[
             load_pretrained(model, pretrained)
         return model
     raise ConfigError(f"timm model '{name}' rejected model.args {model_args}: {last_error}")
+
+
+def embed_dim(model: nn.Module) -> int:
+    """Width of ``model(x)`` for a ``num_classes=0`` timm model: ``head_hidden_size`` where the pooled features go
+    through a head layer before the (removed) classifier (MobileNetV3: 960 -> 1280), else ``num_features``."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)  # type: ignore[arg-type]
