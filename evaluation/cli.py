@@ -49,6 +49,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
+    p.add_argument("--allow-pipe", action="store_true",
+                   help="accept pipe:CMD lines in shard lists (they run CMD in a shell; refused by default)")
 
 
 def _add_finetune(p: argparse.ArgumentParser) -> None:
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace, command: str) -> None:
         run_report(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
                    seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
                    batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
-                   finetune_lr=args.finetune_lr, command=command, **common)
+                   finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
         return
     if args.command == "deploy":
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace, command: str) -> None:
         print(f"wrote {args.out}/deploy.md, deploy.json, accuracy_vs_latency.png")
         return
     data = prepare_data(train=args.train, val=args.val, out=args.out, label_fractions=fractions, seeds=args.seeds,
-                        max_train=args.max_train, max_val=args.max_val)
+                        max_train=args.max_train, max_val=args.max_val, allow_pipe=args.allow_pipe)
     sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
     if args.command == "knn":
         run_knn(data, sources, out=args.out, batch_size=args.batch_size, **common)

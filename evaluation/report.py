@@ -31,11 +31,11 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
                seeds: int = 3, finetune: bool = False, max_train: int | None = None, max_val: int | None = None,
                batch_size: int = 128, num_workers: int = 0, device: str = "auto", img_size: int | None = None,
                baseline_timm: str | None = None, finetune_steps: int = 100, finetune_lr: float = 5e-4,
-               command: str = "") -> dict[str, Any]:
+               command: str = "", allow_pipe: bool = False) -> dict[str, Any]:
     """Run every stage for the export and its baselines and write the report into ``out``; returns report.json."""
     out = Path(out)
     data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
-                        max_train=max_train, max_val=max_val)
+                        max_train=max_train, max_val=max_val, allow_pipe=allow_pipe)
     from evaluation.deploy import DEPLOY_FILE, deploy_sources, split_weights, write_deploy
 
     several = len(split_weights(weights)) > 1  # several exports: compare them and their ONNX files, no random init

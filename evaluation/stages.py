@@ -48,10 +48,10 @@ class EvalData:
 
 
 def prepare_data(*, train: str, val: str, out: str | Path, label_fractions: list[float], seeds: int,
-                 max_train: int | None = None, max_val: int | None = None) -> EvalData:
+                 max_train: int | None = None, max_val: int | None = None, allow_pipe: bool = False) -> EvalData:
     """Open train/val (val mapped to the train classes), and make or reuse ``OUT/label_subsets.json``."""
-    train_images = open_labelled(train, max_items=max_train)
-    val_images = open_labelled(val, classes=train_images.classes, max_items=max_val)
+    train_images = open_labelled(train, max_items=max_train, allow_pipe=allow_pipe)
+    val_images = open_labelled(val, classes=train_images.classes, max_items=max_val, allow_pipe=allow_pipe)
     if len(train_images.classes) < 2:
         raise DataError(f"{train}: {len(train_images.classes)} class; expected at least 2 classes")
     seed_list = list(range(seeds))

@@ -173,7 +173,7 @@ def _open_hf(path: Path) -> tuple[Any, str, str, list[str] | None]:
 
 
 def open_labelled(path: str, *, classes: list[str] | None = None, max_items: int | None = None,
-                  subset_seed: int = 0) -> LabelledImages:
+                  subset_seed: int = 0, allow_pipe: bool = False) -> LabelledImages:
     """Open a labelled image set (see the module docstring for the layouts).
 
     Args:
@@ -182,6 +182,7 @@ def open_labelled(path: str, *, classes: list[str] | None = None, max_items: int
             (a class that is not among them raises :class:`DataError`).
         max_items: keep at most this many images, a seeded random (not per-class) selection.
         subset_seed: seed of that selection.
+        allow_pipe: accept ``pipe:CMD`` lines in a shard list (they run CMD in a shell); refused by default.
     """
     p = Path(path)
     names: list[str]
@@ -213,7 +214,7 @@ def open_labelled(path: str, *, classes: list[str] | None = None, max_items: int
 
         identity = f"folder:{p.resolve()}:{_sha([os.path.relpath(f, p) for f in files])}"
     else:
-        urls = expand_shards(path, strict=True)
+        urls = expand_shards(path, strict=True, allow_pipe=allow_pipe)
         blobs, int_labels, keys = _read_shards(urls)
         names = [str(c) for c in sorted(set(int_labels))]
         raw_labels = [names.index(str(x)) for x in int_labels]

@@ -83,8 +83,8 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
                  accelerator.device.type, accelerator.mixed_precision)
 
     # --- cheap checks and data before any heavy work ---
-    urls = expand_shards(cfg.data.shards)
-    samples_per_epoch = cfg.data.samples_per_epoch or count_samples(urls)
+    urls = expand_shards(cfg.data.shards, allow_pipe=cfg.data.allow_pipe)
+    samples_per_epoch = cfg.data.samples_per_epoch or count_samples(urls, allow_pipe=cfg.data.allow_pipe)
     global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
     if samples_per_epoch < global_batch:
         raise ConfigError(
