@@ -17,15 +17,24 @@ Layouts understood by :func:`load_detection_dataset` (``--data``):
 Boxes are ``(x1, y1, x2, y2)`` in pixels of the original image (the VOC and COCO conventions are
 converted). VOC ``difficult`` objects are kept as ``ignore`` boxes: not trained on, and ignored
 (COCO ``iscrowd``) in the evaluation, as in the VOC protocol.
+
+Broken annotations do not become boxes: an image with a box whose coordinate is missing, not a number
+or not finite, a COCO image whose id or ``file_name`` is listed twice, or whose ``file_name`` leaves the
+image folder (absolute, or with ``..``; such a path is never opened) is skipped and counted by reason
+(:attr:`DetectionDataset.skipped`, and a warning). More than :data:`MAX_BAD_FRACTION` of a file's images
+skipped, or a split without a single box, is a :class:`~selfsup.errors.DataError`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -34,6 +43,9 @@ from selfsup.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
+MAX_BAD_FRACTION = 0.1  # more images with broken annotations than this means the file is misread, not noisy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,15 @@ class DetectionDataset:
     train: tuple[DetectionSample, ...]
     val: tuple[DetectionSample, ...]
     val_split: str
+    skipped: dict[str, int] = field(default_factory=dict)  # images left out, by reason (broken annotations)
+
+
+class _BadAnnotation(Exception):
+    """An image whose annotation cannot be trusted; ``reason`` is the counter key."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -142,14 +163,23 @@ def _load_voc(root: Path, *, name: str) -> DetectionDataset:
     assert ann_dir is not None
     img_dir = _image_dir(root)
     raw = {}
-    for xml_path in sorted(ann_dir.glob("*.xml")):
-        image = _read_voc_xml(xml_path, img_dir)
+    bad: dict[str, str] = {}
+    xml_paths = sorted(ann_dir.glob("*.xml"))
+    for xml_path in xml_paths:
+        try:
+            image = _read_voc_xml(xml_path, img_dir)
+        except _BadAnnotation as e:
+            bad[xml_path.stem] = e.reason
+            continue
         raw[image.key] = image
+    skipped = _check_skipped(root, list(bad.items()), len(xml_paths))
     train_keys, val_keys, val_split = _voc_split(root, sorted(raw))
+    train_keys, val_keys = [k for k in train_keys if k not in bad], [k for k in val_keys if k not in bad]
     missing = [k for k in train_keys + val_keys if k not in raw]
     if missing:
         raise DataError(f"{root}: split lists image '{missing[0]}' but there is no {ann_dir.name}/{missing[0]}.xml")
-    return _build(name, [raw[k] for k in train_keys], [raw[k] for k in val_keys], val_split=val_split)
+    return _build(name, [raw[k] for k in train_keys], [raw[k] for k in val_keys], val_split=val_split,
+                  skipped=skipped)
 
 
 def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
@@ -158,9 +188,9 @@ def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
     except ET.ParseError as e:
         raise DataError(f"{xml_path}: not valid XML ({e})") from e
     filename = tree.findtext("filename") or xml_path.stem + ".jpg"
-    path = img_dir / Path(filename).name
-    if not path.exists():
-        matches = [p for p in (img_dir / (xml_path.stem + s) for s in IMAGE_SUFFIXES) if p.exists()]
+    path = img_dir / Path(filename).name  # the base name only: a '../' in <filename> cannot leave img_dir
+    if not path.is_file():
+        matches = [p for p in (img_dir / (xml_path.stem + s) for s in IMAGE_SUFFIXES) if p.is_file()]
         if not matches:
             raise DataError(f"{xml_path}: image '{filename}' not found in {img_dir}")
         path = matches[0]
@@ -169,10 +199,7 @@ def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
         height = int(float(tree.findtext("size/height") or 0))
         objects = []
         for obj in tree.iter("object"):
-            box = obj.find("bndbox")
-            if box is None:
-                raise ValueError("object without <bndbox>")
-            coords = tuple(float(box.findtext(k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax"))
+            coords = _voc_box(obj.find("bndbox"))
             # VOC pixel indices are 1-based and inclusive; (x - 1) gives the COCO-style continuous box.
             x1, y1, x2, y2 = coords[0] - 1.0, coords[1] - 1.0, coords[2], coords[3]
             difficult = (obj.findtext("difficult") or "0").strip() == "1"
@@ -182,6 +209,20 @@ def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
     if width <= 0 or height <= 0:
         width, height = _image_size(path)
     return _RawImage(xml_path.stem, path, width, height, tuple(objects))
+
+
+def _voc_box(box: ET.Element | None) -> tuple[float, float, float, float]:
+    """The four finite ``<bndbox>`` numbers; a missing one would otherwise clip to a full-image box."""
+    texts = [None if box is None else box.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+    if any(t is None or not t.strip() for t in texts):
+        raise _BadAnnotation("box_missing_coordinate")
+    try:
+        x1, y1, x2, y2 = (float(t) for t in texts)  # type: ignore[arg-type]
+    except ValueError:
+        raise _BadAnnotation("box_not_a_number") from None
+    if not all(math.isfinite(c) for c in (x1, y1, x2, y2)):
+        raise _BadAnnotation("box_not_finite")
+    return x1, y1, x2, y2
 
 
 def _voc_split(root: Path, keys: list[str]) -> tuple[list[str], list[str], str]:
@@ -217,9 +258,10 @@ def _csv_keys(path: Path) -> list[str]:
 # ---------------------------------------------------------------- COCO
 
 def _load_coco(path: Path, *, images: Path, val_path: Path | None) -> DetectionDataset:
-    categories, train_raw = _read_coco_json(path, images)
+    categories, train_raw, skipped = _read_coco_json(path, images)
     if val_path is not None:
-        val_categories, val_raw = _read_coco_json(val_path, images)
+        val_categories, val_raw, val_skipped = _read_coco_json(val_path, images)
+        skipped = dict(Counter(skipped) + Counter(val_skipped))
         if val_categories != categories:
             raise DataError(f"--val-data {val_path}: categories differ from {path}; expected the same list")
         train_imgs, val_imgs, val_split = train_raw, val_raw, val_path.name
@@ -229,32 +271,72 @@ def _load_coco(path: Path, *, images: Path, val_path: Path | None) -> DetectionD
         train_keys, val_keys = holdout_split(keys, fraction=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
         train_imgs, val_imgs = [by_key[k] for k in train_keys], [by_key[k] for k in val_keys]
         val_split = f"holdout{HOLDOUT_FRACTION:g}"
-    return _build(path.stem, train_imgs, val_imgs, val_split=val_split, classes=categories)
+    return _build(path.stem, train_imgs, val_imgs, val_split=val_split, classes=categories, skipped=skipped)
 
 
-def _read_coco_json(path: Path, images: Path) -> tuple[tuple[str, ...], list[_RawImage]]:
+def _read_coco_json(path: Path, images: Path) -> tuple[tuple[str, ...], list[_RawImage], dict[str, int]]:
     try:
         doc = json.loads(path.read_text())
         cats = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
         objects: dict[int, list[_RawObject]] = {}
+        bad: dict[int, str] = {}  # image id -> why its annotations cannot be trusted
         for a in doc.get("annotations", []):
-            x, y, w, h = (float(v) for v in a["bbox"])
+            image_id = int(a["image_id"])
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (TypeError, ValueError):
+                bad.setdefault(image_id, "box_not_4_numbers")
+                continue
+            if not all(math.isfinite(v) for v in (x, y, w, h)):  # json.loads accepts NaN and Infinity
+                bad.setdefault(image_id, "box_not_finite")
+                continue
             obj = _RawObject(cats[int(a["category_id"])], (x, y, x + w, y + h), bool(a.get("iscrowd", 0)))
-            objects.setdefault(int(a["image_id"]), []).append(obj)
+            objects.setdefault(image_id, []).append(obj)
+        ids = Counter(int(im["id"]) for im in doc["images"])
+        names = Counter(str(im["file_name"]) for im in doc["images"])
         raw = []
+        reasons: list[tuple[str, str]] = []
         for im in doc["images"]:
-            img_path = images / im["file_name"]
+            image_id, file_name = int(im["id"]), str(im["file_name"])
+            reason = ("path_outside_image_root" if not _inside(file_name) else
+                      "duplicate_image_id" if ids[image_id] > 1 else
+                      "duplicate_file_name" if names[file_name] > 1 else bad.get(image_id))
+            if reason is not None:
+                reasons.append((f"{file_name!r} (id {image_id})", reason))
+                continue
+            img_path = images / file_name
             if not img_path.exists():
-                raise DataError(f"{path}: image '{im['file_name']}' not found in --images {images}")
-            raw.append(_RawImage(str(im["file_name"]), img_path, int(im["width"]), int(im["height"]),
-                                 tuple(objects.get(int(im["id"]), []))))
+                raise DataError(f"{path}: image '{file_name}' not found in --images {images}")
+            raw.append(_RawImage(file_name, img_path, int(im["width"]), int(im["height"]),
+                                 tuple(objects.get(image_id, []))))
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"{path}: cannot read COCO JSON ({e})") from e
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path}: not a COCO detection JSON (bad or missing key {e}); expected "
                         "'images', 'annotations' with 'bbox' [x, y, w, h], and 'categories'") from e
-    names = tuple(cats[k] for k in sorted(cats))
-    return names, raw
+    names_sorted = tuple(cats[k] for k in sorted(cats))
+    return names_sorted, raw, _check_skipped(path, reasons, len(doc["images"]))
+
+
+def _inside(file_name: str) -> bool:
+    """``file_name`` names a file below the image folder: relative, no ``..`` (checked before any file access)."""
+    parts = PurePosixPath(file_name.replace("\\", "/")).parts
+    return bool(parts) and not file_name.startswith(("/", "\\")) and ".." not in parts and ":" not in parts[0]
+
+
+def _check_skipped(source: Path, bad: list[tuple[str, str]], total: int) -> dict[str, int]:
+    """Count the skipped images by reason, warn, and refuse more than :data:`MAX_BAD_FRACTION` of ``total``."""
+    if not bad:
+        return {}
+    counts = dict(sorted(Counter(why for _, why in bad).items()))
+    shown = ", ".join(f"{k}={v}" for k, v in counts.items())
+    first, why = bad[0]
+    if len(bad) > MAX_BAD_FRACTION * total:
+        raise DataError(f"{source}: {len(bad)} of {total} images have broken annotations ({shown}), e.g. {first}: "
+                        f"{why}; more than {MAX_BAD_FRACTION:.0%} is refused: fix the annotations")
+    logger.warning("%s: skipped %d of %d images with broken annotations (%s), e.g. %s: %s",
+                   source, len(bad), total, shown, first, why)
+    return counts
 
 
 # ---------------------------------------------------------------- shared
@@ -277,7 +359,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _build(name: str, train: list[_RawImage], val: list[_RawImage], *, val_split: str,
-           classes: tuple[str, ...] | None = None) -> DetectionDataset:
+           classes: tuple[str, ...] | None = None, skipped: dict[str, int] | None = None) -> DetectionDataset:
     if not train or not val:
         raise DataError(f"data set '{name}': {len(train)} training and {len(val)} evaluation images; "
                         "expected at least one of each")
@@ -299,5 +381,9 @@ def _build(name: str, train: list[_RawImage], val: list[_RawImage], *, val_split
             ignore.append(o.ignore)
         return DetectionSample(ids[im.key], im.path, im.width, im.height, tuple(boxes), tuple(labels), tuple(ignore))
 
-    return DetectionDataset(name, classes, tuple(convert(im) for im in train), tuple(convert(im) for im in val),
-                            val_split)
+    train_s, val_s = tuple(convert(im) for im in train), tuple(convert(im) for im in val)
+    for split, samples in (("training", train_s), (val_split, val_s)):
+        if not any(not ig for s in samples for ig in s.ignore):  # mAP over no boxes is 0, not a result
+            raise DataError(f"data set '{name}': no boxes in its {len(samples)} {split} images (difficult / crowd "
+                            "boxes aside); expected annotated objects: check the annotation files")
+    return DetectionDataset(name, classes, train_s, val_s, val_split, dict(skipped or {}))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import logging
 import os
+import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from PIL import Image
 from selfsup.data.decode import BadSample, decode_rgb, to_rgb
 from selfsup.data.shards import expand_shards
 from selfsup.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
@@ -117,17 +121,31 @@ def _read_file(path: str) -> Image.Image:
 
 
 def _open_image_folder(root: Path) -> tuple[list[str], list[int], list[str]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """Classes = sub-folders that hold images; an empty one is skipped with a warning (not a class)."""
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes: list[str] = []
     files: list[str] = []
     labels: list[int] = []
-    for ci, name in enumerate(classes):
-        for dirpath, _, names in sorted(os.walk(root / name)):
-            for n in sorted(names):
-                if n.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.join(dirpath, n))
-                    labels.append(ci)
+    empty: list[str] = []
+    for name in folders:
+        found = [os.path.join(dirpath, n) for dirpath, _, names in sorted(os.walk(root / name))
+                 for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:  # counting it would change the chance level and the stratified splits
+            empty.append(name)
+            continue
+        files += found
+        labels += [len(classes)] * len(found)
+        classes.append(name)
+    if not folders:
+        raise DataError(f"{root}: no images found: the folder has no class sub-folders; "
+                        "expected an image folder ROOT/<class>/<image>.jpg")
     if not files:
-        raise DataError(f"{root}: no images found; expected an image folder ROOT/<class>/<image>.jpg")
+        raise DataError(f"{root}: no images found in its {len(folders)} class folder(s); "
+                        "expected an image folder ROOT/<class>/<image>.jpg")
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        logger.warning("%s: skipped %d class folder(s) without images (%s); %d classes remain",
+                       root, len(empty), shown, len(classes))
     return classes, labels, files
 
 
@@ -138,7 +156,14 @@ def _read_shards(urls: list[str]) -> tuple[list[bytes], list[int], list[str]]:
     labels: list[int] = []
     keys: list[str] = []
     for url in urls:
-        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+        if os.path.isfile(url) and os.path.getsize(url) == 0:
+            raise DataError(f"{url}: empty file (0 bytes); expected a .tar of image + cls samples")
+        first = len(blobs)
+        try:
+            samples = list(wds.WebDataset(url, shardshuffle=False, empty_check=False))
+        except tarfile.TarError as e:
+            raise DataError(f"{url}: not a readable tar file ({e}); expected a .tar of image + cls samples") from None
+        for sample in samples:
             img_key = next((k for k in SHARD_IMAGE_KEYS if k in sample), None)
             if img_key is None or "cls" not in sample:
                 raise DataError(f"{url}: sample {sample.get('__key__')!r} has keys {sorted(sample)}; "
@@ -150,8 +175,8 @@ def _read_shards(urls: list[str]) -> tuple[list[bytes], list[int], list[str]]:
                                 "expected an integer class index") from None
             blobs.append(sample[img_key])
             keys.append(f"{url}#{sample['__key__']}")
-    if not blobs:
-        raise DataError(f"{urls[0]}: no samples in the shards; expected image + cls samples")
+        if len(blobs) == first:  # evaluation is strict: an empty shard would silently change the data set
+            raise DataError(f"{url}: empty tar (no samples); expected image + cls samples")
     return blobs, labels, keys
 
 
