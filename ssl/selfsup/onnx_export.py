@@ -25,6 +25,7 @@ The measurements are written to ``OUT/onnx.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -187,6 +188,9 @@ def quantize_int8(fp32_path: Path, path: Path, *, calib: list[torch.Tensor], sta
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = path.with_name(f".{path.name}.pre.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor to the root logger
     try:
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         if not static:
@@ -204,6 +208,7 @@ def quantize_int8(fp32_path: Path, path: Path, *, calib: list[torch.Tensor], sta
         quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     finally:
+        root.setLevel(level)
         pre.unlink(missing_ok=True)
 
 
