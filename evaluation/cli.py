@@ -5,6 +5,7 @@
     selfsup-eval linear   ...                                                      (writes DIR/linear.json)
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
     selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
+    selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
 
 User errors print one line and exit 2.
 """
@@ -58,6 +59,31 @@ def _add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-lr", type=float, default=5e-4)
 
 
+def _add_sections(p: argparse.ArgumentParser) -> None:
+    """Flags of the optional report sections (evaluation/visual_report.py)."""
+    p.add_argument("--no-visual", dest="visual", action="store_false",
+                   help="skip attention / PCA maps, retrieval and the 2D embedding (on by default)")
+    p.add_argument("--projection", default="auto", help="2D embedding: auto (umap, else tsne, else pca) | umap | "
+                   "tsne | pca | none")
+    p.add_argument("--robustness", action="store_true",
+                   help="add kNN / linear-probe accuracy under the 15 common corruptions (off by default)")
+    p.add_argument("--corruptions", default="all", help="comma-separated corruption names for --robustness (all)")
+    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities 1-5 for --robustness")
+    p.add_argument("--robustness-max-val", type=_positive, default=None,
+                   help="corrupt a seeded subset of this many val images (default: all of --max-val)")
+
+
+def _names(text: str) -> list[str] | None:
+    return None if text.strip() == "all" else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _severities(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--severities {text!r}; expected comma-separated integers in 1-5") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="selfsup-eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(report)
     report.add_argument("--finetune", action="store_true", help="also fine-tune the whole network")
     _add_finetune(report)
+    _add_sections(report)
     for name in ("knn", "linear"):
         _add_common(sub.add_parser(name, help=f"only the {name} stage"))
     ft = sub.add_parser("finetune", help="only the fine-tune stage")
@@ -76,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.detection.cli import add_detect_parser
 
     add_detect_parser(sub)  # `detect`: transfer to object detection (evaluation/detection/)
+    from evaluation.embed import add_embed_parser
+
+    add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/embed.py)
     return parser
 
 
@@ -109,7 +139,9 @@ def run(args: argparse.Namespace, command: str) -> None:
         run_report(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
                    seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
                    batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
-                   finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, **common)
+                   finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
+                   projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
+                   severities=_severities(args.severities), robustness_max_val=args.robustness_max_val, **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
         return
     if args.command == "deploy":
@@ -139,6 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Same seeds -> same numbers: refuse nondeterministic kernels where torch knows of them (warn, not fail).
     torch.use_deterministic_algorithms(True, warn_only=True)
+    if args.command == "embed":
+        from evaluation.embed import embed_command
+
+        try:
+            return embed_command(args)
+        except SelfsupError as e:
+            print(f"selfsup-eval: error: {e}", file=sys.stderr)
+            return e.exit_code
     if args.command == "detect":
         try:
             return _detect(args)

@@ -67,9 +67,12 @@ def cache_key(model: LoadedModel, images: LabelledImages, transform: torch.nn.Mo
 
 
 def cached_features(model: LoadedModel, images: LabelledImages, *, cache_dir: Path, batch_size: int,
-                    num_workers: int, device: torch.device) -> Features:
-    """Features of ``images`` under ``model``, read from ``cache_dir`` when present, else extracted and saved."""
-    transform = eval_transform(model)
+                    num_workers: int, device: torch.device, transform: torch.nn.Module | None = None) -> Features:
+    """Features of ``images`` under ``model``, read from ``cache_dir`` when present, else extracted and saved.
+
+    ``transform`` (PIL image -> normalised tensor) replaces the model's eval transform, e.g. to add a corruption;
+    its ``repr`` is part of the cache key."""
+    transform = eval_transform(model) if transform is None else transform
     path = Path(cache_dir) / f"{cache_key(model, images, transform)}.safetensors"
     if path.exists():
         t = safetensors.torch.load_file(str(path))

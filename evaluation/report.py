@@ -31,8 +31,13 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
                seeds: int = 3, finetune: bool = False, max_train: int | None = None, max_val: int | None = None,
                batch_size: int = 128, num_workers: int = 0, device: str = "auto", img_size: int | None = None,
                baseline_timm: str | None = None, finetune_steps: int = 100, finetune_lr: float = 5e-4,
-               command: str = "", allow_pipe: bool = False) -> dict[str, Any]:
-    """Run every stage for the export and its baselines and write the report into ``out``; returns report.json."""
+               command: str = "", allow_pipe: bool = False, visual: bool = True, projection: str = "auto",
+               robustness: bool = False, corruptions: list[str] | None = None, severities: list[int] | None = None,
+               robustness_max_val: int | None = None) -> dict[str, Any]:
+    """Run every stage for the export and its baselines and write the report into ``out``; returns report.json.
+
+    ``visual`` adds maps, retrieval and the 2D embedding (``projection``); ``robustness`` the corruption section
+    (:mod:`evaluation.visual_report`)."""
     out = Path(out)
     data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
                         max_train=max_train, max_val=max_val, allow_pipe=allow_pipe)
@@ -55,6 +60,11 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
                      repeats=5, command=command)
     elif (out / DEPLOY_FILE).exists():
         (out / DEPLOY_FILE).unlink()  # from an earlier several-weights report: not these models
+    from evaluation.visual_report import run_sections
+
+    run_sections(data, sources, out=out, visual=visual, projection=projection, robustness=robustness,
+                 corruptions=corruptions, severities=severities, robustness_max_val=robustness_max_val,
+                 batch_size=batch_size, img_size=img_size, num_workers=num_workers, device=device)
     return build_report(out, command=command)
 
 
@@ -228,6 +238,8 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
                         "num_records": n_records},
         "plots": plots + ([deployment["plot"]] if deployment and (out / deployment["plot"]).is_file() else []),
         "deployment": deployment,
+        "visual": _load(out, "visual"),
+        "robustness": _load(out, "robustness"),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     md, body = render(report)
@@ -276,6 +288,9 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
         dep = report["deployment"]
         blocks += [("h2", "Deployment: cost and accuracy"), ("list", deploy_notes(dep)),
                    ("table", (dep["table"]["header"], dep["table"]["rows"]))]
+    from evaluation.visual_report import section_blocks
+
+    blocks += section_blocks(report)  # maps, retrieval, embedding, robustness (when they were run)
     blocks += [("h2", "Plots"), ("plots", report["plots"]), ("h2", "How to read this report"), ("text", READING)]
     md: list[str] = []
     for kind, payload in blocks:
@@ -287,7 +302,7 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
             md.append("\n".join(f"- {x}" for x in payload) + "\n")
         elif kind == "table":
             md.append(_md_table(*payload) + "\n")
-        elif kind == "plots":
+        elif kind in ("plots", "images"):
             md.append("\n".join(f"![{p}]({p})" for p in payload) + "\n")
         else:
             md.append(payload + "\n")
@@ -303,8 +318,8 @@ def _html_page(blocks: list[tuple[str, Any]], out: Path, plots: list[str]) -> st
             parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in payload) + "</ul>")
         elif kind == "table":
             parts.append(_html_table(*payload))
-        elif kind == "plots":
-            for p in plots:
+        elif kind in ("plots", "images"):
+            for p in (plots if kind == "plots" else payload):
                 data = base64.b64encode((out / p).read_bytes()).decode()
                 parts.append(f'<p><img alt="{html.escape(p)}" src="data:image/png;base64,{data}"></p>')
         else:

@@ -6,10 +6,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from selfsup.cli import main as cli_main
 from selfsup.errors import CheckpointError, TrainingError
@@ -18,19 +16,7 @@ from selfsup.train.best import best_checkpoint, read_best, save_best
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints, resolve_resume
 from selfsup.train.collapse import CollapseGuard, collapse_reason
 from selfsup.train.loop import pretrain
-from tests.pipeline_utils import make_shards, tiny_config
-
-
-def make_hard_folder(root: Path, n: int = 48, classes: int = 3, size: int = 32, seed: int = 0) -> Path:
-    """Labelled images with a weak class cue (a faint tint under strong noise): kNN is neither 0 nor 1."""
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        c = i % classes
-        arr = rng.integers(0, 200, (size, size, 3)).astype(np.int16)
-        arr[..., c] += 25
-        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(root / f"c{c}" / f"{i:03d}.png")
-    return root
+from tests.pipeline_utils import make_hard_folder, make_shards, tiny_config
 
 
 @pytest.fixture(scope="module")

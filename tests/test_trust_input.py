@@ -184,6 +184,14 @@ def test_non_utf8_member_names_neither_stop_nor_break_resume(tmp_path):
     assert all(_same(a, b) for a, b in zip(reference[1:], resumed))
 
 
+def test_non_utf8_member_names_load_in_evaluation(tmp_path):
+    names = ["a", "b\udcff", "c", "d\udce9"]
+    members = [(f"{n}.{ext}", data) for i, n in enumerate(names)
+               for ext, data in (("png", _png(i)), ("cls", b"%d" % (i % 2)))]
+    images = open_labelled(str(_tar(tmp_path / "odd.tar", members)))
+    assert len(images) == 4 and images.classes == ["0", "1"] and images.image(1).size == (12, 12)
+
+
 def test_oversized_member_is_skipped_counted_and_never_read(tmp_path, monkeypatch):
     big = bytes(8 * 2**20)  # 8 MB of zeros: a 2 kB member once gzip-compressed
     members = [("a.png", _png(1)), ("a.cls", b"0"), ("huge.png", big), ("huge.cls", b"1"), ("z.png", _png(2))]
@@ -207,7 +215,8 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
     (tmp_path / "loop.yaml").write_text("model:\n  args: &x\n    y: [*x]\n")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "selfsup", "config", str(tmp_path / "bomb.yaml")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "ssl")})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "ssl")})
     assert proc.returncode == 2 and "aliases expand to more than" in proc.stderr, proc.stderr[-500:]
     assert time.monotonic() - start < 60
     with pytest.raises(ConfigError, match="recursive YAML"):

@@ -4,6 +4,7 @@
     selfsup pretrain CONFIG [key=value ...]        (also: accelerate launch -m selfsup pretrain ...)
     selfsup distill CONFIG [key=value ...]         = selfsup pretrain CONFIG method.name=distill ...
     selfsup export RUN_DIR OUT_DIR [export.license=ID] [--onnx] [--int8] [--overwrite]
+    selfsup views CONFIG [key=value ...] [--out views.png] [--n 4]   draw the training crops
     selfsup config [CONFIG] [key=value ...]        print the resolved config
 
 User errors print one line and exit with code 2.
@@ -73,6 +74,15 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_views(args: argparse.Namespace) -> int:
+    from selfsup.config import load_config
+    from selfsup.views_preview import write_views_png
+
+    cfg = load_config([args.config], args.overrides)
+    print(f"wrote {write_views_png(cfg, args.out, n=args.n)}: the training views of {args.n} samples")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from selfsup.config import load_config, to_yaml
 
@@ -126,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace .tar / classes.json files in OUT_DIR that selfsup shard did not write")
     p.set_defaults(func=_cmd_shard)
+
+    p = sub.add_parser("views", help="draw the global and local crops training would feed: CONFIG [key=value ...]")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. data.shards=data/shards/")
+    p.add_argument("--out", default="views.png", help="PNG to write (default views.png)")
+    p.add_argument("--n", type=int, default=4, help="number of samples (rows)")
+    p.set_defaults(func=_cmd_views)
 
     p = sub.add_parser("config", help="print the resolved config: [CONFIG] [key=value ...]")
     p.add_argument("config", nargs="?", default=None)

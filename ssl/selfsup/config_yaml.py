@@ -55,7 +55,8 @@ def _expanded_size(root: yaml.Node, path: Path) -> int:
 
 def _check_top_level(node: yaml.Node, path: Path) -> None:
     if not isinstance(node, yaml.MappingNode):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level (is this a selfsup YAML config?)")
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level "
+                          "(is this a selfsup YAML config?)")
     for key, _ in node.value:
         if not (isinstance(key, yaml.ScalarNode) and KEY_NAME.fullmatch(key.value)):
             raise ConfigError(f"{path}: line {key.start_mark.line + 1}: the top-level key is not a config section "

@@ -110,7 +110,7 @@ class TransformedImages(torch.utils.data.Dataset):
 def _sha(parts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for p in parts:
-        h.update(p.encode())
+        h.update(p.encode("utf-8", "surrogateescape"))  # tar member names that are not UTF-8: their raw bytes
         h.update(b"\0")
     return h.hexdigest()[:16]
 
