@@ -77,7 +77,8 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, shards, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Accelerator, "save_state", disk_full)
-    with pytest.raises(CheckpointError, match=r"No space left on device.*step_00000002 is intact"):
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing checkpoint step 4 .*; the "
+                                              r"previous checkpoint step 2 is intact"):
         pretrain(tiny_config(run, shards, "train.max_steps=4", "train.save_every=2", "train.resume=auto"))
     assert latest_checkpoint(run) == good
     assert load_file(str(good / "model.safetensors"))  # still loads

@@ -27,5 +27,11 @@ class CheckpointError(SelfsupError):
     """A checkpoint or exported folder is missing, incomplete, unsafe or does not match."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """The machine, not the input: a checkpoint could not be written (disk full, I/O error). CLI exit code 1."""
+
+    exit_code = 1
+
+
 class TrainingError(SelfsupError):
     """Training cannot go on (too many non-finite steps in a row)."""

@@ -12,8 +12,10 @@ resume: the checkpoint keeps optimizer and data state, the export only the backb
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,9 @@ from selfsup.train.checkpoint import (
     read_checkpoint_weights,
 )
 
+log = logging.getLogger("selfsup")
+
+
 def load_checkpoint_weights(method: torch.nn.Module, ckpt: Path) -> None:
     """Load ``ckpt/model.safetensors`` into ``method`` strictly, with a clear error on any mismatch."""
     state = read_checkpoint_weights(ckpt)
@@ -45,9 +50,83 @@ def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
     raise RuntimeError("export backbone is not a sub-module of the method")
 
 
-def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
-           which: str | None = None, atol: float = 1e-5) -> dict[str, Any]:
-    """Write the run's exported encoder to ``out_dir`` and check it by reloading with plain timm.
+# Every file `selfsup export` (model card: README.md, metrics.jsonl; --onnx/--int8) writes into OUT_DIR: a folder
+# holding only these is a previous export, which a new export may replace; any other file in OUT_DIR is the user's
+# and is never removed. A new file written by export must be added here.
+EXPORT_FILES = frozenset({"model.safetensors", "config.json", "README.md", "metrics.jsonl", "model.onnx",
+                          "model.int8.onnx", "onnx.json"})
+
+
+def export(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Write the run's checked export (see :func:`_export_to` for ``kwargs``) to ``out_dir``, losing no file.
+
+    The export is written into a new hidden sibling of ``out_dir`` and renamed into place once checked. An
+    existing ``out_dir`` is replaced only when it holds nothing but :data:`EXPORT_FILES` (a previous export);
+    with ``overwrite`` the export's files are also written into a folder holding other files, which stay.
+    ``out_dir`` may never be the run folder or a folder containing it.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_export_target(run_dir, out_dir, overwrite=overwrite)
+    target = out_dir.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        result = _export_to(tmp, run_dir, out_dir, **kwargs)
+        _put_in_place(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already renamed on success; a partial export otherwise
+    return result
+
+
+def check_export_target(run_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, an ``out_dir`` whose replacement would lose files export did not write."""
+    run, out = run_dir.resolve(), out_dir.resolve()
+    if out == run or out in run.parents:
+        raise CheckpointError(f"export folder {out_dir} is the run folder {run_dir} or contains it; export into a "
+                              f"folder of its own, e.g. {run_dir / 'export'}")
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"export folder {out_dir} exists and is not a folder")
+    foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in (out.iterdir() if out.is_dir() else ())
+                     if not (p.name in EXPORT_FILES and p.is_file() and not p.is_symlink()))
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:4]) + (f" (+{len(foreign) - 4} more)" if len(foreign) > 4 else "")
+        raise CheckpointError(f"export folder {out_dir} holds files export did not write ({shown}); export into a new "
+                              f"or empty folder, or pass --overwrite to write the export's files beside them")
+
+
+def _put_in_place(tmp: Path, target: Path) -> None:
+    """Rename the checked export ``tmp`` to ``target``; the replaced previous export goes, nothing else does."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    cwd = Path.cwd().resolve()
+    only_export = all(p.name in EXPORT_FILES and p.is_file() for p in target.iterdir())
+    if only_export and cwd != target and target not in cwd.parents:  # swap the whole folder
+        old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old)
+        return
+    # --overwrite into a folder with other files (or the working directory): file by file, the others stay
+    written = {p.name for p in tmp.iterdir()}
+    for name in sorted(written):
+        os.replace(tmp / name, target / name)
+    stale = sorted(n for n in EXPORT_FILES - written if (target / n).is_file())
+    if stale and only_export:
+        for name in stale:
+            (target / name).unlink()
+    elif stale:
+        log.warning("%s: %s left from an earlier export (not written this time; remove it if it is stale)",
+                    target, ", ".join(stale))
+
+
+def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
+               which: str | None = None, atol: float = 1e-5) -> dict[str, Any]:
+    """Write the run's exported encoder to ``tmp`` and check it by reloading with plain timm.
 
     Returns:
         A dict with the checkpoint used, the step, the encoder name and the reload check result.
@@ -75,17 +154,11 @@ def export(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path |
         "checkpoint": str(ckpt.resolve()),
         "module": _module_prefix(method, backbone),
     }
-    tmp = out_dir.parent / f".tmp-{out_dir.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     timm.models.save_for_hf(
         backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
         data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
     )
     check = verify_export(tmp, backbone, size=size, atol=atol)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
     return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}
 
 

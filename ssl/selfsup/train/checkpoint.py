@@ -11,15 +11,21 @@ selfsup gathers the full weights once more into ``model.safetensors`` for export
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
 
-from selfsup.errors import CheckpointError, ConfigError
+from selfsup.errors import CheckpointError, CheckpointWriteError, ConfigError
 from selfsup.train.accelerator import uses_fsdp
+from selfsup.train.rng_state import check_random_states
+from selfsup.train.state import TrainState
+
+log = logging.getLogger("selfsup")
 
 COMPLETE = "COMPLETE"
 MODEL_FILE = "model.safetensors"  # what accelerate's save_state writes for the prepared model
@@ -47,15 +53,42 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` -> no resume; ``auto`` -> newest complete checkpoint of the run (or none); else a path."""
+    """``None`` -> no resume; ``auto`` -> newest usable complete checkpoint of the run (or none); else a path.
+
+    ``auto`` skips, with a warning, a checkpoint whose loop state (``train_state_*.json``) is unreadable and falls
+    back to the previous complete one; if none is usable it raises rather than start over the run's files.
+    """
     if not resume:
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        found = list_checkpoints(run_dir)
+        for ckpt in reversed(found):
+            problem = train_state_problem(ckpt)
+            if problem is None:
+                return ckpt
+            log.warning("train.resume=auto: %s is unusable (%s); falling back to the previous complete checkpoint",
+                        ckpt, problem)
+        if found:
+            raise CheckpointError(f"train.resume=auto: no usable checkpoint in {checkpoint_dir(run_dir)} (newest: "
+                                  f"{train_state_problem(found[-1])}); resume from a checkpoint folder with "
+                                  f"train.resume=PATH or start over with run.overwrite=true")
+        return None
     path = Path(resume)
     if not (path / COMPLETE).is_file():
         raise CheckpointError(f"train.resume={resume}: not a complete checkpoint folder (no {COMPLETE} marker)")
     return path
+
+
+def train_state_problem(ckpt: Path) -> str | None:
+    """Why the loop state files of ``ckpt`` cannot be resumed from, or ``None`` when every one of them reads."""
+    if not (ckpt / "train_state_0.json").is_file():
+        return "train_state_0.json missing"
+    for path in sorted(ckpt.glob("train_state_*.json")):
+        try:
+            TrainState.load(ckpt, int(path.stem[len("train_state_"):]))
+        except (CheckpointError, ValueError) as e:
+            return str(e)
+    return None
 
 
 def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: dict[str, str], keep_last: int,
@@ -100,16 +133,44 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _prune(root, keep_last)
-    except OSError as e:
+    except Exception as e:
+        full = _is_disk_full(e, root)  # before the clean-up frees the space again
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # no partial folder is ever left behind
+        if not (full or _is_write_failure(e)):
+            raise
         prev = latest_checkpoint(run_dir)
-        raise CheckpointError(
-            f"could not write checkpoint {final} ({e.strerror or e}); the previous checkpoint "
-            f"{prev or '(none)'} is intact"
-        ) from None
+        kept = f"the previous checkpoint step {int(prev.name[len(PREFIX):])} is intact" if prev else \
+            "there is no previous checkpoint"
+        what = "no space left on device" if full else f"write failed ({_first_line(e)})"
+        raise CheckpointWriteError(f"{what} while writing checkpoint step {step} in {root}; {kept}") from None
     accelerator.wait_for_everyone()
     return final
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "strerror", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_write_failure(e: BaseException) -> bool:
+    """An error of the writers (OS, safetensors, torch.save's zip writer), not a bug of the loop."""
+    from safetensors import SafetensorError
+
+    return isinstance(e, (OSError, SafetensorError)) or any(
+        s in str(e) for s in ("PytorchStreamWriter", "inline_container", "No space left on device"))
+
+
+def _is_disk_full(e: BaseException, root: Path) -> bool:
+    """ENOSPC, also as safetensors reports it (``... code: 28, kind: StorageFull``); torch.save's zip writer
+    loses the errno ("unexpected pos ..."), so a writer error on a filesystem with < 1 MiB left counts too."""
+    text = str(e)
+    if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text or "StorageFull" in text:
+        return True
+    try:
+        return _is_write_failure(e) and shutil.disk_usage(root).free < 2**20
+    except OSError:
+        return False
 
 
 def check_shared_run_dir(accelerator, run_dir: str | Path) -> None:
@@ -196,14 +257,17 @@ def check_keys_match(own: dict, state: dict, path: Path) -> None:
     raise CheckpointError(f"{path} does not match the configured method/model; " + "; ".join(parts))
 
 
-def load_training_state(accelerator, ckpt: Path, model=None) -> None:
+def load_training_state(accelerator, ckpt: Path, model=None, *, exact: bool = True) -> None:
     """``accelerator.load_state`` with a clear error. Weights are safetensors; optimizer, scaler and RNG files
     are read by accelerate with ``torch.load(weights_only=True)``, so a file that needs arbitrary unpickling
-    (and could run code) is refused, never executed."""
+    (and could run code) is refused, never executed. ``exact``: the random states must be this run's
+    (accelerate would skip unusable ones silently); false for an elastic resume, which re-seeds."""
     import pickle
 
     if model is not None:
         check_keys_match(model.state_dict(), checkpoint_shapes(ckpt), ckpt / MODEL_FILE)
+    if exact:
+        check_random_states(accelerator, ckpt)
     sharded = (ckpt / FSDP_MODEL_DIR).is_dir()
     if sharded != uses_fsdp(accelerator):
         written, now = ("FSDP", "without FSDP") if sharded else ("without FSDP", "under FSDP")

@@ -39,6 +39,7 @@ from selfsup.train.checkpoint import (
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.resume import load_resume_state
+from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 
 log = logging.getLogger("selfsup")
 
@@ -73,6 +74,12 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     accelerator = accelerator or make_accelerator(
         mixed_precision=cfg.train.mixed_precision, grad_accum=cfg.train.grad_accum, device=cfg.train.device,
         project_dir=cfg.run.dir)
+    # before any work: a writable run.dir, no other run in it, no fresh start over another run's files
+    with claim_run_dir(accelerator, cfg.run.dir, resume=cfg.train.resume, overwrite=cfg.run.overwrite):
+        return _pretrain(cfg, accelerator)
+
+
+def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     fsdp = uses_fsdp(accelerator)
     if accelerator.device.type == "cpu":
         _cpu_threads(cfg.data.num_workers * accelerator.num_processes)
@@ -120,13 +127,15 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
         init_adamw_state(optimizer)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
-        load_training_state(accelerator, resume_dir, unwrapped)
+        load_training_state(accelerator, resume_dir, unwrapped, exact=not relayout)
         if relayout:  # the saved per-process RNG states belong to another layout
             set_seed(cfg.run.seed + rank + state.step)
         log.info("resumed from %s at step %d", resume_dir, state.step)
     else:
         set_seed(cfg.run.seed + rank)  # different drop-path noise per process
     if accelerator.is_main_process:
+        if cfg.run.overwrite and not cfg.train.resume:
+            clear_previous_run(run_dir)  # only now, after the checks above: a typo loses nothing
         save_config(cfg, run_dir)
         accelerator.init_trackers("tensorboard")
     cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)

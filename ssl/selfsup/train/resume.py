@@ -13,7 +13,6 @@ samples already seen in it are seen once more, none is skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -28,8 +27,8 @@ def interrupted_epoch(ckpt: Path, world_size: int) -> int:
     """The earliest epoch any worker of any process was reading when the checkpoint was written."""
     epochs = []
     for rank in range(world_size):
-        state = json.loads((ckpt / f"train_state_{rank}.json").read_text())
-        epochs += [int(e) for e, _ in (state.get("data") or {}).get("positions", {}).values()]
+        data = TrainState.load(ckpt, rank).data  # a missing or corrupt file is one CheckpointError line
+        epochs += [int(e) for e, _ in (data or {}).get("positions", {}).values()]
     return min(epochs, default=0)
 
 

@@ -7,9 +7,11 @@ position), so resuming never unpickles anything.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from selfsup.errors import CheckpointError
 
 
 @dataclass
@@ -34,6 +36,19 @@ class TrainState:
 
     @classmethod
     def load(cls, directory: Path, process_index: int) -> "TrainState":
+        """Read one process's state; a missing, corrupt or mistyped file is a CheckpointError naming it."""
+        path = directory / f"train_state_{process_index}.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable train state ({e})") from None
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{path}: not a readable train state (a JSON object expected)")
+        for f in fields(cls):
+            want = dict if f.name == "data" else int
+            if f.name in saved and (type(saved[f.name]) is not want or want is int and saved[f.name] < 0):
+                raise CheckpointError(f"{path}: '{f.name}' is {saved[f.name]!r}, expected a "
+                                      f"{'JSON object' if want is dict else 'non-negative integer'}")
         state = cls()
-        state.load_state_dict(json.loads((directory / f"train_state_{process_index}.json").read_text()))
+        state.load_state_dict(saved)
         return state
