@@ -1,6 +1,6 @@
 """``selfsup-eval``: the label-efficiency report and its stages from the command line.
 
-    selfsup-eval report   --weights EXPORT --train TRAIN --val VAL --out DIR [--finetune] ...
+    selfsup-eval report   --weights EXPORT --train TRAIN --val VAL --out DIR [--finetune] [--update-card] ...
     selfsup-eval knn      --weights EXPORT --train TRAIN --val VAL --out DIR ...   (writes DIR/knn.json)
     selfsup-eval linear   ...                                                      (writes DIR/linear.json)
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="kNN + linear probe (+ fine-tune) for the export and baselines")
     _add_common(report)
     report.add_argument("--finetune", action="store_true", help="also fine-tune the whole network")
+    report.add_argument("--update-card", action="store_true",
+                        help="also put the results table into the export's model card (WEIGHTS/README.md)")
     _add_finetune(report)
     _add_sections(report)
     for name in ("knn", "linear"):
@@ -136,13 +138,22 @@ def run(args: argparse.Namespace, command: str) -> None:
         raise ConfigError("--device=cuda but no CUDA device is visible; expected --device cpu or auto")
     common = dict(img_size=args.img_size, num_workers=args.num_workers, device=args.device)
     if args.command == "report":
-        run_report(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
-                   seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
-                   batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
-                   finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
-                   projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
-                   severities=_severities(args.severities), robustness_max_val=args.robustness_max_val, **common)
+        if args.update_card:
+            from evaluation.card import card_path
+
+            card_path(args.weights)  # before any work: the card must be there
+        report = run_report(
+            weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
+            seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
+            batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
+            finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
+            projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
+            severities=_severities(args.severities), robustness_max_val=args.robustness_max_val, **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
+        if args.update_card:
+            from evaluation.card import update_card
+
+            print(f"added the results table to {update_card(args.weights, report)}")
         return
     if args.command == "deploy":
         from evaluation.deploy import run_deploy

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -64,19 +63,6 @@ def plot_accuracy_vs_latency(panels: dict[str, list[tuple[str, float, float | No
                 ax.plot([x], [100 * y], marker="o", ls="", label=model)
         _top1_panel(ax, title=title, xlabel=xlabel, legend_size=7)
     return _save(fig, path)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``metrics.jsonl`` (unparsable lines are skipped)."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
-    return records
 
 
 def plot_pretraining_curves(records: list[dict[str, Any]], path: Path) -> Path | None:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from evaluation.models import model_sources
-from evaluation.plots import plot_accuracy_vs_fraction, plot_pretraining_curves, read_metrics
+from evaluation.plots import plot_accuracy_vs_fraction, plot_pretraining_curves
 from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear, summarise
+from selfsup.model_card import METRICS_FILE, read_metrics
 
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 SCHEMA_VERSION = 1
@@ -181,6 +182,19 @@ READING = """\
   `timm:` row is a supervised or other local timm checkpoint."""
 
 
+def pretraining_log(models: list[dict[str, Any]]) -> tuple[str | None, Path | None]:
+    """The run and the ``metrics.jsonl`` of the first selfsup export among ``models``: the copy ``selfsup export``
+    puts into the export folder, else (older exports) the file in the run folder their ``selfsup.run_dir`` named."""
+    for m in models:
+        sb = m.get("selfsup") or {}
+        if m["kind"] != "export" or not sb:
+            continue
+        run = sb.get("run") or sb.get("run_dir")
+        candidates = [Path(d) / METRICS_FILE for d in (m.get("weights"), sb.get("run_dir")) if d]
+        return run, next((c for c in candidates if c.is_file()), None)
+    return None, None
+
+
 def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
     """Aggregate the stage JSONs in ``out`` into ``report.json``, ``report.md``, ``report.html`` and PNG plots."""
     out = Path(out)
@@ -210,8 +224,7 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
         if stages[s]:
             panels.append((STAGE_NAMES[s], [r for r in results if r["stage"] == s and r["metric"] == "top1"]))
     plots = [plot_accuracy_vs_fraction(panels, out / "accuracy_vs_fraction.png").name]
-    run_dir = next((((m.get("selfsup") or {}).get("run_dir")) for m in models.values() if m["kind"] == "export"), None)
-    metrics_file = Path(run_dir) / "metrics.jsonl" if run_dir else None
+    run_dir, metrics_file = pretraining_log(list(models.values()))
     n_records = 0
     if metrics_file is not None and metrics_file.exists():
         records = read_metrics(metrics_file)

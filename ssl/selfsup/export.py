@@ -25,7 +25,9 @@ import torch
 from selfsup.build import build_method
 from selfsup.config import Config, config_hash, load_config
 from selfsup.data.eval_transform import eval_data_config
-from selfsup.errors import CheckpointError
+from selfsup.errors import CheckpointError, ConfigError
+from selfsup.export_meta import describe_weights, selfsup_block
+from selfsup.model_card import write_model_card
 from selfsup.train.best import choose_checkpoint
 from selfsup.train.checkpoint import (
     MODEL_FILE,
@@ -125,8 +127,11 @@ def _put_in_place(tmp: Path, target: Path) -> None:
 
 
 def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
-               which: str | None = None, atol: float = 1e-5) -> dict[str, Any]:
+               overrides: list[str] | None = None, which: str | None = None, atol: float = 1e-5) -> dict[str, Any]:
     """Write the run's exported encoder to ``tmp`` and check it by reloading with plain timm.
+
+    ``overrides``: ``export.*`` keys on top of the run's config (e.g. ``export.license=apache-2.0``); the rest
+    of the config is the run's, and its hash in ``config.json`` is that of the config the run trained with.
 
     Returns:
         A dict with the checkpoint used, the step, the encoder name and the reload check result.
@@ -137,7 +142,13 @@ def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoin
         raise CheckpointError(f"{run_dir}: not a run folder (no config.yaml)")
     # --checkpoint, or --which best|last (default: the monitor's best when a monitor ran, else the newest)
     ckpt = choose_checkpoint(run_dir, which=which, checkpoint=checkpoint)
-    cfg: Config = load_config(ckpt / "config.yaml" if (ckpt / "config.yaml").is_file() else cfg_path)
+    bad = [o for o in overrides or [] if not o.startswith("export.")]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}': selfsup export takes only export.* keys (e.g. export.license=mit); "
+                          "the rest of the config is the run's")
+    cfg_file = ckpt / "config.yaml" if (ckpt / "config.yaml").is_file() else cfg_path
+    cfg: Config = load_config(cfg_file, overrides)
+    run_hash = config_hash(load_config(cfg_file) if overrides else cfg)  # before any change below
     cfg.model.drop_path_rate = 0.0  # the exported model's default; the weights do not depend on it
     step = json.loads((ckpt / "COMPLETE").read_text()).get("step")
 
@@ -145,19 +156,15 @@ def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoin
     load_checkpoint_weights(method, ckpt)
     backbone = method.export_backbone().eval()  # type: ignore[operator]
     size = cfg.views.global_crop_size
-    meta = {
-        "method": cfg.method.name,
-        "encoder": method.export_encoder,  # type: ignore[attr-defined]
-        "step": step,
-        "config_hash": config_hash(cfg),
-        "run_dir": str(run_dir.resolve()),
-        "checkpoint": str(ckpt.resolve()),
-        "module": _module_prefix(method, backbone),
-    }
+    meta = selfsup_block(method=cfg.method.name, encoder=method.export_encoder,  # type: ignore[arg-type]
+                         step=step, config_hash=run_hash, run_dir=run_dir, checkpoint=ckpt,
+                         module=_module_prefix(method, backbone))
     timm.models.save_for_hf(
         backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
         data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
     )
+    hub_config = describe_weights(tmp / "config.json", selfsup=meta, license=cfg.export.license)
+    write_model_card(tmp, config=hub_config, cfg=cfg, run_dir=run_dir, checkpoint=ckpt, license=cfg.export.license)
     check = verify_export(tmp, backbone, size=size, atol=atol)
     return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}
 

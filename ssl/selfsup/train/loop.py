@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from selfsup.build import build_loader, build_method
-from selfsup.config import Config, config_hash, save_config, to_yaml
+from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.count import count_samples
 from selfsup.data.shards import expand_shards
 from selfsup.errors import ConfigError, TrainingError
@@ -39,6 +39,7 @@ from selfsup.train.checkpoint import (
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.resume import load_resume_state
+from selfsup.train.trackers import start_trackers
 from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 
 log = logging.getLogger("selfsup")
@@ -73,7 +74,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
     """Run (or resume) pretraining as configured; returns the summary also written to ``summary.json``."""
     accelerator = accelerator or make_accelerator(
         mixed_precision=cfg.train.mixed_precision, grad_accum=cfg.train.grad_accum, device=cfg.train.device,
-        project_dir=cfg.run.dir)
+        project_dir=cfg.run.dir, log_with=cfg.train.log_with)
     # before any work: a writable run.dir, no other run in it, no fresh start over another run's files
     with claim_run_dir(accelerator, cfg.run.dir, resume=cfg.train.resume, overwrite=cfg.run.overwrite):
         return _pretrain(cfg, accelerator)
@@ -137,7 +138,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         if cfg.run.overwrite and not cfg.train.resume:
             clear_previous_run(run_dir)  # only now, after the checks above: a typo loses nothing
         save_config(cfg, run_dir)
-        accelerator.init_trackers("tensorboard")
+        start_trackers(accelerator, to_dict(cfg), run_dir)
     cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)
 
     peak_lr = scaled_lr(cfg.optim.lr, global_batch)
@@ -254,6 +255,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     summary = {
         "steps": state.step, "steps_this_run": state.step - step_start, "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch, "global_batch": global_batch,
+        "samples_per_epoch": samples_per_epoch, "num_shards": len(urls),
         "images_per_s": (state.step - step_start) * global_batch / max(elapsed, 1e-9),
         "final": last, "skipped_samples": dict(position.skipped), "bad_steps": state.bad_steps_total,
         "run_dir": str(run_dir), "distributed": accelerator.distributed_type.value, "config_hash": cfg_hash,

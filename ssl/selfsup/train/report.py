@@ -15,15 +15,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if "loss" in final:
         lines.append(f"  final loss {final['loss']:.4f} at step {final['step']}")
-    if "embed_std" in final:
-        healthy = final.get("embed_std_healthy")
-        hint = f" (healthy ~{healthy:.3f}, collapse -> 0)" if healthy else ""
-        lines.append(f"  collapse signal: student embedding std {final['embed_std']:.4f}{hint}")
-    if "teacher_entropy" in final:
-        lines.append(
-            f"  collapse signal: teacher entropy {final['teacher_entropy']:.3f} of max {final['teacher_entropy_max']:.3f}"
-            " (near 0 or near max = collapse)"
-        )
+    lines += [f"  collapse signal: {line}" for line in collapse_signals(final)]
     mon = summary.get("monitor")
     if mon:
         lines.append(f"  kNN monitor: best top-1 {mon['knn_top1_best']:.4f} at step {mon['best_step']} "
@@ -34,3 +26,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  non-finite steps skipped: {summary['bad_steps']}")
     lines.append(f"  run dir: {summary['run_dir']} (metrics.jsonl, checkpoints/, config.yaml)")
     return "\n".join(lines)
+
+
+def collapse_signals(record: dict[str, Any]) -> list[str]:
+    """The collapse signals of a metrics record, one line each with the value that means collapse."""
+    lines = []
+    if "embed_std" in record:
+        healthy = record.get("embed_std_healthy")
+        hint = f" (healthy ~{healthy:.3f}, collapse -> 0)" if healthy else ""
+        lines.append(f"student embedding std {record['embed_std']:.4f}{hint}")
+    if "teacher_entropy" in record:
+        lines.append(f"teacher entropy {record['teacher_entropy']:.3f} of max {record['teacher_entropy_max']:.3f}"
+                     " (near 0 or near max = collapse)")
+    return lines
