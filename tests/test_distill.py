@@ -182,11 +182,12 @@ def test_students_of_the_issue_train_a_step(teacher_dir, name, args):
 
 def test_distill_run_resumes_exactly_and_exports_a_timm_student(tmp_path, shards, teacher_dir):
     teacher_bytes = (teacher_dir / "model.safetensors").read_bytes()
-    full = pretrain(_config(tmp_path / "full", shards, teacher_dir, "train.max_steps=4", "train.save_every=4"))
+    monitor = (f"monitor.data={shards}", "monitor.every=2", "monitor.max_train=16", "monitor.max_val=8")
+    full = pretrain(_config(tmp_path / "full", shards, teacher_dir, "train.max_steps=4", "train.save_every=4", *monitor))
     assert full["steps"] == 4 and full["method"] == "distill"
-    pretrain(_config(tmp_path / "cut", shards, teacher_dir, "train.max_steps=2", "train.save_every=2"))
+    pretrain(_config(tmp_path / "cut", shards, teacher_dir, "train.max_steps=2", "train.save_every=2", *monitor))
     resumed = pretrain(_config(tmp_path / "cut", shards, teacher_dir, "train.max_steps=4", "train.save_every=2",
-                               "train.resume=auto"))
+                               "train.resume=auto", *monitor))
     assert resumed["steps_this_run"] == 2
     a, b = last_weights(tmp_path / "full"), last_weights(tmp_path / "cut")
     assert a.keys() == b.keys() and not any("teacher" in k for k in a)
@@ -196,9 +197,10 @@ def test_distill_run_resumes_exactly_and_exports_a_timm_student(tmp_path, shards
     assert int(a["queue.bank_ptr"]) == 0  # 4 steps x 4 keys wrapped the 16-key queue once
     lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "teacher_cos", "embed_std"} <= set(lines[-1])
+    assert "knn_top1" in lines[-1]  # the kNN monitor scores the student
     assert (teacher_dir / "model.safetensors").read_bytes() == teacher_bytes
 
-    result = export(tmp_path / "full", tmp_path / "student")
+    result = export(tmp_path / "full", tmp_path / "student", which="last")  # not the monitor's best
     assert result["encoder"] == "student" and result["module"] == "backbone"
     student = timm.create_model(f"local-dir:{tmp_path / 'student'}", pretrained=True).eval()
     assert student.num_features == 64 and isinstance(student, timm.models.ResNet)
