@@ -153,7 +153,7 @@ def test_adapter_only_when_widths_differ(teacher_dir, tmp_path):
         assert torch.isfinite(m(x, StepContext(step=0, epoch=0.0)).loss)
 
 
-def test_teacher_renormalises_views_to_its_own_mean_std(teacher_dir):
+def test_teacher_renormalises_and_resizes_views(teacher_dir):
     model = timm.create_model(f"local-dir:{teacher_dir}", pretrained=True, num_classes=0).eval()
     raw = torch.rand(2, 3, 32, 32)  # pixels in [0, 1]
     own = FrozenTeacher(model, view_mean=MEAN, view_std=STD)
@@ -161,6 +161,13 @@ def test_teacher_renormalises_views_to_its_own_mean_std(teacher_dir):
     m, s = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     expected = own((raw - m) / s)
     assert torch.allclose(other((raw - 0.5) / 0.25), expected, atol=1e-5)
+    # teacher_size: the views are resized for the teacher (a 32 px view, a 16 px teacher input)
+    small = FrozenTeacher(model, view_mean=MEAN, view_std=STD, size=16)
+    x = (raw - m) / s
+    resized = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(resized), atol=1e-6)
+        assert not torch.allclose(small(x), model(x), atol=1e-3)
 
 
 @pytest.mark.parametrize("name,args", [
