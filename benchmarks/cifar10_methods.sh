@@ -46,8 +46,7 @@ for m in "${METHODS[@]}"; do
     *) echo "unknown method $m" >&2; exit 2 ;;
   esac
   echo "== $m: pretrain ${args[*]} ${COMMON[*]}"
-  rm -rf "$OUT/$m/run"
-  selfsup pretrain "${args[0]}" "${COMMON[@]}" "${args[@]:1}" run.dir="$OUT/$m/run"  # method settings win
+  selfsup pretrain "${args[0]}" "${COMMON[@]}" "${args[@]:1}" run.dir="$OUT/$m/run" run.overwrite=true  # method settings win
   selfsup export "$OUT/$m/run" "$OUT/$m/export"
   selfsup-eval knn --weights "$OUT/$m/export" --train "$DATA/cifar10/train" --val "$DATA/cifar10/test" \
     --out "$OUT/$m/knn" --label-fractions 1.0 --seeds 1 --max-train 10000 --max-val 2000

@@ -18,9 +18,9 @@ rm -rf "$OUT/shards"
 selfsup shard "$OUT/data/unlabelled" "$OUT/shards" --max-per-shard 256
 
 echo "== 3/5 pretrain: selfsup pretrain configs/dino_vit_tiny_cpu.yaml (CPU, a few minutes)"
-rm -rf "$OUT/run"
+# run.overwrite=true: a second quickstart starts its own run over (a run still using the folder is refused)
 selfsup pretrain configs/dino_vit_tiny_cpu.yaml run.dir="$OUT/run" data.shards="$OUT/shards" \
-  train.epochs=4 train.progress=false "$@"
+  train.epochs=4 train.progress=false run.overwrite=true "$@"
 
 echo "== 4/5 export: selfsup export $OUT/run $OUT/export"
 selfsup export "$OUT/run" "$OUT/export"

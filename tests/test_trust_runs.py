@@ -89,7 +89,8 @@ def test_export_refuses_the_run_folder_and_folders_containing_it(tmp_path, run, 
     out = {"run": run, "parent": tmp_path, "cwd": "."}[target]
     for extra in ((), ("--overwrite",)):
         code, err = _cli(capsys, "export", run, out, *extra)
-        assert code == 2 and len(err) == 1 and "is the run folder" in err[0] and "or contains it" in err[0], err
+        what = "is the run folder" if target == "run" else "contains the run folder"
+        assert code == 2 and len(err) == 1 and f"{what} {run};" in err[0], err
     assert _tree(run) == before
 
 

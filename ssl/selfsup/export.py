@@ -84,8 +84,9 @@ def check_export_target(run_dir: Path, out_dir: Path, *, overwrite: bool) -> Non
     """Refuse, before any work, an ``out_dir`` whose replacement would lose files export did not write."""
     run, out = run_dir.resolve(), out_dir.resolve()
     if out == run or out in run.parents:
-        raise CheckpointError(f"export folder {out_dir} is the run folder {run_dir} or contains it; export into a "
-                              f"folder of its own, e.g. {run_dir / 'export'}")
+        what = "is the run folder" if out == run else "contains the run folder"
+        raise CheckpointError(f"export folder {out_dir} {what} {run_dir}; export into a folder of its own, "
+                              f"e.g. {run_dir / 'export'}")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"export folder {out_dir} exists and is not a folder")
     foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in (out.iterdir() if out.is_dir() else ())

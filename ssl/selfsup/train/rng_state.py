@@ -46,7 +46,7 @@ def random_state_problem(path: Path) -> str | None:
         return f"'step' is {states['step']!r}, expected an integer"
     if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
         cuda = states["torch_cuda_manual_seed"]
-        size = torch.cuda.get_rng_state(0).numel()
+        size = torch.cuda.get_rng_state(torch.cuda.current_device()).numel()  # the same size on every GPU
         if not (isinstance(cuda, (list, tuple)) and len(cuda) <= torch.cuda.device_count() and all(
                 isinstance(s, torch.Tensor) and s.dtype == torch.uint8 and s.numel() == size for s in cuda)):
             return (f"'torch_cuda_manual_seed' does not match this run's {torch.cuda.device_count()} GPU(s) "
