@@ -47,18 +47,17 @@ def make_shards(tmp: Path, n_per_class: int = 12, max_per_shard: int = 8) -> Pat
 
 
 def tiny_config(run_dir: Path, shards: Path, *extra: str, method: str = "dino") -> Config:
-    """A DINO config small enough for a test: 2-block ViT, 32/16 px crops, batch 4."""
-    return load_config(
-        CONFIGS / "dino_vit_tiny_cpu.yaml",
-        [
-            f"run.dir={run_dir}", f"data.shards={shards}", "data.num_workers=0", "data.shuffle_buffer=16",
-            "model.args.img_size=32", "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16",
-            "views.n_local=2", "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false", "train.mixed_precision=no",
-            "optim.warmup_epochs=0.5", "method.dino.freeze_last_layer_epochs=0.2", f"method.name={method}",
-            *extra,
-        ],
-    )
+    """A DINO config small enough for a test: 2-block ViT, 32/16 px crops, batch 4. ``extra`` overrides replace
+    the defaults below key by key (the command line refuses a key given twice)."""
+    defaults = [
+        f"run.dir={run_dir}", f"data.shards={shards}", "data.num_workers=0", "data.shuffle_buffer=16",
+        "model.args.img_size=32", "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16",
+        "views.n_local=2", "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
+        "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false", "train.mixed_precision=no",
+        "optim.warmup_epochs=0.5", "method.dino.freeze_last_layer_epochs=0.2", f"method.name={method}",
+    ]
+    merged = {o.split("=", 1)[0]: o for o in [*defaults, *extra]}
+    return load_config(CONFIGS / "dino_vit_tiny_cpu.yaml", list(merged.values()))
 
 
 def last_weights(run_dir: Path) -> dict:
