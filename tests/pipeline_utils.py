@@ -25,13 +25,13 @@ def make_image_folder(root: Path, n_per_class: int = 12, classes: int = 2, size:
     return root
 
 
-def make_hard_folder(root: Path, n: int = 48, classes: int = 3, size: int = 32, seed: int = 0) -> Path:
+def make_hard_folder(root: Path, n: int = 48, classes: int = 3, size: int = 32, seed: int = 0, tint: int = 25) -> Path:
     """Labelled images with a weak class cue (a faint tint under strong noise): kNN is neither 0 nor 1."""
     rng = np.random.default_rng(seed)
     for i in range(n):
         c = i % classes
         arr = rng.integers(0, 200, (size, size, 3)).astype(np.int16)
-        arr[..., c] += 25
+        arr[..., c] += tint
         (root / f"c{c}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(root / f"c{c}" / f"{i:03d}.png")
     return root

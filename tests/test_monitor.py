@@ -74,6 +74,21 @@ def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     assert topk_accuracy(scores, feats["val"].labels, 1) == pytest.approx(best_score, abs=1e-6)
 
 
+def test_fsdp_scores_like_one_process(tmp_path, data):
+    """Under FSDP the sharded encoder is gathered into a plain copy to be scored: same score as one process."""
+    from tests.launch_utils import FSDP, run, tiny_dino_args
+
+    shards, _ = data
+    labelled = make_hard_folder(tmp_path / "faint", tint=6)
+    args = (f"monitor.data={labelled}", "monitor.every=2", "monitor.max_train=30", "monitor.max_val=18",
+            "train.max_steps=2")
+    run(*tiny_dino_args(tmp_path / "fsdp", shards, *args), accel=FSDP, accel_args=("--num_processes", "2"))
+    pretrain(tiny_config(tmp_path / "one", shards, *args))  # the same model, seed and init
+    step0 = [[r["knn_top1"] for r in metrics(tmp_path / name) if r["step"] == 0][0] for name in ("fsdp", "one")]
+    assert 0 < step0[0] < 1 and step0[0] == pytest.approx(step0[1], abs=1e-6)
+    assert read_best(tmp_path / "fsdp")["score"] >= step0[0]
+
+
 def test_monitor_on_shards_with_cls_and_resume_keeps_best(tmp_path, data):
     shards, _ = data  # written from a class folder: every sample has `cls`
     run = tmp_path / "run"

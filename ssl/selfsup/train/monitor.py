@@ -8,8 +8,9 @@ export's own preprocessing (:mod:`selfsup.data.eval_transform`), so the score is
 reports for that export on the same images. The weights with the best score are kept in ``checkpoints/best/``
 (:mod:`selfsup.train.best`).
 
-Every process evaluates the same images with the same weights (an FSDP-sharded backbone needs every process in
-each forward), so every process takes the same decisions. Shapes: n = images, d = backbone dim.
+Under DDP every process scores the same images with the same weights; under FSDP the full weights are gathered
+into an unsharded copy on the main process, which scores alone. Either way the main process's score is broadcast,
+so every process takes the same decisions. Shapes: n = images, d = backbone dim.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from selfsup.config import MonitorConfig
 from selfsup.data.eval_transform import eval_data_config, normalize_uint8, uint8_eval_transform
 from selfsup.errors import DataError
 from selfsup.knn import knn_classify, topk_accuracy
+from selfsup.train.accelerator import uses_fsdp
 from selfsup.train.best import read_best, save_best
 
 log = logging.getLogger("selfsup")
@@ -72,11 +74,14 @@ class KnnMonitor:
         cfg: the ``monitor`` section. size, mean, std: the export's preprocessing (``views``).
         run_dir: the run folder (``checkpoints/best/`` goes there). seed: the split's seed (``run.seed``).
         stop_step: the last step of this run (always evaluated).
+        build_copy: builds an unsharded method (used under FSDP only).
     """
 
-    def __init__(self, cfg: MonitorConfig, *, size: int, mean, std, run_dir: Path, seed: int, stop_step: int) -> None:
+    def __init__(self, cfg: MonitorConfig, *, size: int, mean, std, run_dir: Path, seed: int, stop_step: int,
+                 build_copy: Callable[[], torch.nn.Module] | None = None) -> None:
         t0 = time.perf_counter()
         self.cfg, self.run_dir, self.stop_step = cfg, Path(run_dir), stop_step
+        self.build_copy, self._copy = build_copy, None
         self.data_config = eval_data_config(size, mean, std)
         self.split = LabelledSplit(cfg.data, max_train=cfg.max_train, max_val=cfg.max_val,
                                    data_config=self.data_config, seed=seed)
@@ -116,7 +121,8 @@ class KnnMonitor:
 
         Returns the values to log: ``knn_top1``, ``knn_top1_best``, ``monitor_s`` (seconds this took)."""
         t0 = time.perf_counter()
-        value = self.score(unwrapped.export_backbone(), accelerator.device)
+        backbone = self._gathered_backbone(accelerator, prepared) if uses_fsdp(accelerator) else unwrapped.export_backbone()
+        value = self.score(backbone, accelerator.device) if backbone is not None else 0.0
         if accelerator.num_processes > 1:  # one decision for all: the main process's score
             from accelerate.utils import broadcast
 
@@ -132,6 +138,19 @@ class KnnMonitor:
                      len(self.split.val_y), self.best_score, self.best_step)
         return {"knn_top1": value, "knn_top1_best": self.best_score, "monitor_s": seconds}
 
+    def _gathered_backbone(self, accelerator, prepared: torch.nn.Module) -> torch.nn.Module | None:
+        """Under FSDP, the export encoder as a plain module on the main process (``None`` elsewhere).
+
+        A sharded backbone cannot be called outside the method's forward (its root parameters are gathered by the
+        root's forward hook), so the full weights are gathered, as for a checkpoint, into an unsharded copy."""
+        state = accelerator.get_state_dict(prepared)  # a collective; the full weights land on the main process
+        if not accelerator.is_main_process:
+            return None
+        if self._copy is None:
+            self._copy = self.build_copy()
+        self._copy.load_state_dict(state)
+        return self._copy.to(accelerator.device).export_backbone()
+
     def summary(self) -> dict[str, Any]:
         return {"knn_top1_best": self.best_score, "best_step": self.best_step, "evals": self.evals,
                 "seconds": round(self.seconds, 2), "bank": len(self.split.bank_y), "held_out": len(self.split.val_y)}
@@ -141,6 +160,9 @@ def make_monitor(cfg, *, run_dir: Path, stop_step: int) -> KnnMonitor | None:
     """The run's monitor, or ``None`` when ``monitor.data`` is empty."""
     if not cfg.monitor.data:
         return None
+    from selfsup.build import build_method
+
     return KnnMonitor(cfg.monitor, size=cfg.views.global_crop_size, mean=cfg.views.mean, std=cfg.views.std,
-                      run_dir=run_dir, seed=cfg.run.seed, stop_step=stop_step)
+                      run_dir=run_dir, seed=cfg.run.seed, stop_step=stop_step,
+                      build_copy=lambda: build_method(cfg, pretrained=False))
 
