@@ -56,6 +56,7 @@ def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     res = export(run, tmp_path / "best")
     assert Path(res["checkpoint"]).name == "best" and res["step"] == best_step
     assert cli_main(["export", str(run), str(tmp_path / "last"), "--which", "last"]) == 0
+    assert "(step 5, checkpoints/step_00000005)" in capsys.readouterr().out
     assert json.loads((tmp_path / "last" / "config.json").read_text())["selfsup"]["step"] == 5
 
     # the monitor's preprocessing is selfsup-eval's: same features, same kNN top-1 on the same images

@@ -146,6 +146,11 @@ def test_architecture_mismatch_is_one_line_naming_the_key(tmp_path, run_a, depth
     assert not (run / "checkpoints").exists()
 
 
+def test_pretrained_value_must_be_a_bool_or_a_path(tmp_path):
+    with pytest.raises(ConfigError, match="bad value for 'model.pretrained': 123 .*expected false, true, or the path"):
+        tiny_config(tmp_path, tmp_path, "model.pretrained=123")
+
+
 @pytest.mark.parametrize("value,word", [("nowhere/export", "does not exist"), ("{tmp}/a/metrics.jsonl", "not a .safetensors"),
                                         ("{tmp}/a", "no model.safetensors")])
 def test_bad_paths(run_a, value, word):

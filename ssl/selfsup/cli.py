@@ -47,11 +47,14 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from selfsup.export import export
 
     result = export(args.run_dir, args.out_dir, checkpoint=args.checkpoint, overrides=args.overrides,
                     which=args.which, overwrite=args.overwrite)
-    print(f"exported {result['encoder']} backbone of {result['method']} (step {result['step']}) to {result['out_dir']}; "
+    print(f"exported {result['encoder']} backbone of {result['method']} (step {result['step']}, checkpoints/"
+          f"{Path(result['checkpoint']).name}) to {result['out_dir']}; "
           f"plain timm reload max |diff| = {result['reload_max_abs_diff']:.1e}")
     print(f'  load it with: timm.create_model("local-dir:{result["out_dir"]}", pretrained=True)')
     if args.onnx or args.int8:
