@@ -54,6 +54,19 @@ def test_true_asks_timm_for_its_weights(monkeypatch, tmp_path):
     assert seen and not any(seen)
 
 
+def test_true_without_network_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing is downloaded: the hub client only looks in its cache
+    monkeypatch.setenv("HF_HOME", "/nonexistent-selfsup-test-cache")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError) as e:
+        create_backbone(TINY_VIT["name"], model_args=TINY_VIT["model_args"], pretrained=True)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and msg.startswith("model.pretrained=true: timm could not load")
+    assert "model.pretrained=PATH" in msg
+
+
 def test_run_b_starts_from_run_a_export_and_keeps_at_least_its_knn(tmp_path, run_a, monkeypatch):
     tmp, shards = run_a
     exported = load_file(str(tmp / "a_export" / "model.safetensors"))

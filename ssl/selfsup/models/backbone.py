@@ -53,6 +53,13 @@ def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[
             if not extra:
                 break
             continue
+        except (OSError, RuntimeError) as e:  # no network / not in the cache, or no published weights
+            if pretrained is not True:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"model.pretrained=true: timm could not load its published weights for '{name}' "
+                              f"({first}); they need a network the first time (then timm's cache), or give "
+                              f"model.pretrained=PATH of local weights") from None
         if isinstance(pretrained, str):
             load_pretrained(model, pretrained)
         return model
