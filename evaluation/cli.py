@@ -6,6 +6,7 @@
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
     selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
     selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
+    selfsup-eval detect   --weights EXPORT --data VOC_DIR|COCO_JSON --out DIR ...      (writes DIR/detection.json)
 
 User errors print one line and exit 2.
 """
@@ -34,22 +35,34 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _multiple_of_64(text: str) -> int:
+    value = _positive(text)
+    if value % 64:
+        raise argparse.ArgumentTypeError(f"{value}; expected a multiple of 64 (the coarsest pyramid stride)")
+    return value
+
+
+def _add_shared(p: argparse.ArgumentParser, *, fractions: str = "0.01,0.1,1.0", seeds: int = 3) -> None:
+    """The flags every stage, detection included, reads the same way."""
     p.add_argument("--weights", required=True, help="exported folder (config.json + model.safetensors)")
+    p.add_argument("--out", required=True, help="report folder (features are cached in OUT/cache)")
+    p.add_argument("--label-fractions", default=fractions, help="comma-separated fractions in (0, 1]")
+    p.add_argument("--seeds", type=_positive, default=seeds, help="number of seeds (label subsets) per fraction")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    _add_shared(p)
     p.add_argument("--train", required=True, help="labelled train images: image folder, saved HF dataset or shards")
     p.add_argument("--val", required=True, help="labelled val images, same kinds as --train")
-    p.add_argument("--out", required=True, help="report folder (features are cached in OUT/cache)")
-    p.add_argument("--label-fractions", default="0.01,0.1,1.0", help="comma-separated fractions in (0, 1]")
-    p.add_argument("--seeds", type=_positive, default=3, help="number of seeds (label subsets) per fraction")
     p.add_argument("--max-train", type=_positive, default=None, help="use a seeded random subset of the train set")
     p.add_argument("--max-val", type=_positive, default=None, help="use a seeded random subset of the val set")
     p.add_argument("--batch-size", type=_positive, default=128)
     p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--img-size", type=_positive, default=None, help="override the export's input size")
-    p.add_argument("--threads", type=_positive, default=None,
-                   help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
-    p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
     p.add_argument("--allow-pipe", action="store_true",
                    help="accept pipe:CMD lines in shard lists (they run CMD in a shell; refused by default)")
 
@@ -57,6 +70,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_finetune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-steps", type=_positive, default=100)
     p.add_argument("--finetune-lr", type=float, default=5e-4)
+
+
+def _add_detection(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
+    """Detection flags: ``--data ...`` on ``detect``, ``--detection-data ...`` on ``report``; ``args.detection_*``."""
+    def add(name: str, **kw) -> None:
+        p.add_argument(f"--{prefix}{name}", dest="detection_" + name.replace("-", "_"), **kw)
+
+    add("data", required=not prefix, help="VOC folder or COCO JSON file of boxes (docs/detection.md)")
+    add("images", help="image folder of a COCO JSON (default: the JSON's folder)")
+    add("val-data", help="COCO JSON of the evaluation split (default: a seeded 20%% hold-out)")
+    add("steps", type=_positive, default=300, help="detector optimizer steps per run")
+    add("img-size", type=_multiple_of_64, default=256, help="longer image side of the detector, a multiple of 64")
+    add("batch-size", type=_positive, default=4)
+    add("lr", type=float, default=2e-4)
+    add("weight-decay", type=float, default=0.05)
+    add("layer-decay", type=float, default=0.75, help="backbone layer-wise lr decay (1 = none)")
+    add("fpn-channels", type=_positive, default=256)
+    add("proposals", type=_positive, default=1000, help="RPN proposals per image (training; half at test)")
+    add("rois-per-image", type=_positive, default=256, help="proposals sampled per image for the box loss")
+    add("log-every", type=int, default=50, help="print the loss every N steps (0 = silent)")
+
+
+def _detection(args: argparse.Namespace) -> dict | None:
+    """``args.detection_*`` as keyword arguments of ``run_detection``; None without detection data."""
+    kw = {k.removeprefix("detection_"): v for k, v in vars(args).items() if k.startswith("detection_")}
+    return kw if kw.get("data") else None
 
 
 def _add_sections(p: argparse.ArgumentParser) -> None:
@@ -94,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also put the results table into the export's model card (WEIGHTS/README.md)")
     _add_finetune(report)
     _add_sections(report)
+    _add_detection(report, prefix="detection-")
     for name in ("knn", "linear"):
         _add_common(sub.add_parser(name, help=f"only the {name} stage"))
     ft = sub.add_parser("finetune", help="only the fine-tune stage")
@@ -102,27 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="cost/accuracy table of exports and their ONNX fp32/int8 files")
     _add_common(deploy)  # --weights takes EXPORT[,EXPORT...] here
     deploy.add_argument("--repeats", type=_positive, default=10, help="timed runs per latency/throughput median")
-    from evaluation.detection.cli import add_detect_parser
-
-    add_detect_parser(sub)  # `detect`: transfer to object detection (evaluation/detection/)
+    detect = sub.add_parser("detect", help="only the detection stage: Faster R-CNN transfer with limited labels")
+    _add_shared(detect, fractions="0.25,1.0", seeds=1)
+    _add_detection(detect)
+    detect.add_argument("--no-random-init", action="store_true", help="skip the random-init baseline")
     from evaluation.embed import add_embed_parser
 
     add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/embed.py)
     return parser
 
 
-def _detect(args: argparse.Namespace) -> int:
-    """Run detection transfer; when OUT already holds a classification report, re-render it with the
-    Detection section (report.md / report.json / report.html)."""
+def _detect(args: argparse.Namespace, fractions: list[float], command: str) -> None:
+    """The detection stage alone; when OUT already holds a report, re-render it with the Detection section."""
+    from evaluation.detection.transfer import run_detection
+    from evaluation.models import model_sources
     from evaluation.report import build_report
 
-    code = args.func(args)
+    sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
+    run_detection([s for s in sources if not (args.no_random_init and s.kind == "random_init")], out=args.out,
+                  fractions=fractions, seeds=list(range(args.seeds)), device=args.device, command=command,
+                  **_detection(args))
     out = Path(args.out)
-    if code == 0 and (out / "report.json").is_file():
-        previous = json.loads((out / "report.json").read_text()).get("command", "")
-        build_report(out, command=previous)
+    if (out / "report.json").is_file():
+        build_report(out, command=json.loads((out / "report.json").read_text()).get("command", ""))
         print(f"added the Detection section to {out}/report.md")
-    return code
 
 
 def run(args: argparse.Namespace, command: str) -> None:
@@ -136,6 +179,8 @@ def run(args: argparse.Namespace, command: str) -> None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but no CUDA device is visible; expected --device cpu or auto")
+    if args.command == "detect":
+        return _detect(args, fractions, command)
     common = dict(img_size=args.img_size, num_workers=args.num_workers, device=args.device)
     if args.command == "report":
         if args.update_card:
@@ -148,7 +193,8 @@ def run(args: argparse.Namespace, command: str) -> None:
             batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
             finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
             projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
-            severities=_severities(args.severities), robustness_max_val=args.robustness_max_val, **common)
+            severities=_severities(args.severities), robustness_max_val=args.robustness_max_val,
+            detection=_detection(args), **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
         if args.update_card:
             from evaluation.card import update_card
@@ -187,12 +233,6 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return embed_command(args)
-        except SelfsupError as e:
-            print(f"selfsup-eval: error: {e}", file=sys.stderr)
-            return e.exit_code
-    if args.command == "detect":
-        try:
-            return _detect(args)
         except SelfsupError as e:
             print(f"selfsup-eval: error: {e}", file=sys.stderr)
             return e.exit_code

@@ -3,12 +3,16 @@
 For a fraction ``f`` each class ``c`` with ``n_c`` training images keeps ``max(1, round(f * n_c))`` of them,
 drawn without replacement with a generator seeded by ``seed``; so every class is present, class balance
 follows the training set, and the same (fraction, seed) gives the same subset for every model.
+Items without one class each (detection images, whose boxes are kept together) use :func:`nested_subset`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +44,7 @@ def stratified_subset(labels: np.ndarray, *, fraction: float, seed: int) -> np.n
         fraction: share of each class to keep, in (0, 1].
         seed: generator seed; the same seed always gives the same indices.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"label fraction {fraction}; expected a number in (0, 1]")
+    _check_fraction(fraction)
     rng = np.random.default_rng([seed, int(round(fraction * 1e6))])
     keep = []
     for c in np.unique(labels):
@@ -49,6 +52,23 @@ def stratified_subset(labels: np.ndarray, *, fraction: float, seed: int) -> np.n
         n = min(len(idx), max(1, int(round(fraction * len(idx)))))
         keep.append(rng.choice(idx, size=n, replace=False))
     return np.sort(np.concatenate(keep)).astype(np.int64)
+
+
+def nested_subset(keys: Sequence[Any], *, fraction: float, seed: int) -> list[Any]:
+    """Sorted ``keys`` of a seeded, nested subset: the first ``max(1, ceil(fraction * n))`` of one seeded
+    permutation of the sorted keys. The input order does not matter, and for one seed a smaller fraction's subset
+    lies inside a larger one's; used for detection label fractions and the detection hold-out split.
+    """
+    _check_fraction(fraction)
+    keys = sorted(keys)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n = max(1, math.ceil(round(fraction * len(keys), 6)))
+    return sorted(keys[i] for i in order[:n])
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"label fraction {fraction} is outside (0, 1]; expected a number in (0, 1]")
 
 
 def label_subsets(labels: np.ndarray, *, fractions: list[float], seeds: list[int], data_identity: str,

@@ -97,25 +97,28 @@ def model_sources(*, weights: str, baseline_timm: str | None = None, random_seed
     return sources
 
 
-def load_model(source: ModelSource, *, img_size: int | None = None) -> LoadedModel:
+def load_model(source: ModelSource, *, img_size: int | None = None,
+               model_kwargs: dict[str, Any] | None = None) -> LoadedModel:
     """Build the backbone of ``source`` (``num_classes=0``) and resolve its eval preprocessing.
 
     Args:
         source: what to build.
         img_size: overrides the square input size of the preprocessing (``pretrained_cfg.input_size``).
+        model_kwargs: extra ``timm.create_model`` arguments (e.g. ``dynamic_img_size=True`` for detection).
     """
     cfg = read_config(source.path)
     wfile = weights_file(source.path)
+    model_kwargs = dict(model_kwargs or {})
     if source.kind == "export":
         try:
-            model = timm.create_model("local-dir:" + str(Path(source.path).resolve()), pretrained=True, num_classes=0)
+            model = timm.create_model("local-dir:" + str(Path(source.path).resolve()), pretrained=True, num_classes=0,
+                                      **model_kwargs)
         except (RuntimeError, KeyError, ValueError, OSError) as e:
             raise CheckpointError(f"{source.path}: timm cannot load it ({str(e).splitlines()[0][:200]}); "
                                   "expected a folder written by timm save_for_hf") from None
         weights_id = f"sha256:{file_sha256(wfile)}"
     elif source.kind == "random_init":
-        args = dict(cfg.get("model_args") or {})
-        args["num_classes"] = 0
+        args = {**(cfg.get("model_args") or {}), **model_kwargs, "num_classes": 0}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(source.seed)
             model = timm.create_model(cfg["architecture"], pretrained=False, **args)

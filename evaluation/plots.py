@@ -14,28 +14,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 CURVE_KEYS = ("loss", "lr", "embed_std", "teacher_entropy", "momentum", "teacher_temp", "wd", "images_per_s")
 
 
-def plot_accuracy_vs_fraction(panels: list[tuple[str, list[dict[str, Any]]]], path: Path) -> Path:
-    """One panel per evaluation; in each, top-1 (%) against label fraction (log x), one line per model, ± std bars.
+def plot_accuracy_vs_fraction(panels: list[tuple[str, list[dict[str, Any]]]], path: Path, *,
+                              ylabel: str = "top-1 (%)") -> Path:
+    """One panel per evaluation; in each, ``ylabel`` against label fraction (log x), one line per model, ± std bars.
 
     Args:
-        panels: ``(title, rows)``; rows are report results with ``model``, ``label_fraction``, ``mean``, ``std``.
+        panels: ``(title, rows)``; rows are report results with ``model``, ``label_fraction``, ``mean``, ``std``
+            (a fraction in [0, 1]: top-1 accuracy, or detection box mAP).
         path: PNG to write.
+        ylabel: the y axis (the values are drawn in %).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (title, rows) in zip(axes[0], panels):
         for model in dict.fromkeys(r["model"] for r in rows):
             pts = sorted((r["label_fraction"], r["mean"], r["std"]) for r in rows if r["model"] == model)
             xs, ys, es = zip(*pts)
-            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], marker="o", capsize=3, label=model)
-        _top1_panel(ax, title=title, xlabel="label fraction", legend_size=8)
+            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * (e or 0.0) for e in es], marker="o", capsize=3,
+                        label=model)
+        _top1_panel(ax, title=title, xlabel="label fraction", legend_size=8, ylabel=ylabel)
     return _save(fig, path)
 
 
-def _top1_panel(ax: Any, *, title: str, xlabel: str, legend_size: int) -> None:
-    """Log x axis, top-1 (%) y axis, title, grid and legend of one panel."""
+def _top1_panel(ax: Any, *, title: str, xlabel: str, legend_size: int, ylabel: str = "top-1 (%)") -> None:
+    """Log x axis, ``ylabel`` y axis, title, grid and legend of one panel."""
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=legend_size)

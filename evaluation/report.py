@@ -1,8 +1,10 @@
 """The label-efficiency report: stage JSONs -> ``report.json`` (fixed schema), ``report.md``, ``report.html``, plots.
 
 :func:`run_report` runs the stages (kNN, linear probe, optionally fine-tune) for the export and its baselines,
-then :func:`build_report` aggregates ``OUT/{knn,linear,finetune}.json`` (and ``OUT/detection.json`` when another
-tool wrote it) into mean ± std over seeds and renders it. The schema is ``evaluation/report_schema.json``.
+and with ``detection`` settings the detection stage (:mod:`evaluation.detection`), then :func:`build_report`
+aggregates ``OUT/{knn,linear,finetune,detection}.json`` (a ``detection.json`` may also come from
+``selfsup-eval detect`` or another tool) into mean ± std over seeds and renders it. The schema is
+``evaluation/report_schema.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import torch
 
+from evaluation.detection import METRICS as DETECTION_METRICS, PLOT_FILE as DETECTION_PLOT
 from evaluation.models import model_sources
 from evaluation.plots import plot_accuracy_vs_fraction, plot_pretraining_curves
 from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear, summarise
@@ -24,7 +27,6 @@ from selfsup.model_card import METRICS_FILE, read_metrics
 
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 SCHEMA_VERSION = 1
-DETECTION_METRICS = ("mAP", "AP50", "AP75")
 STAGE_NAMES = {"knn": "kNN", "linear": "linear probe", "finetune": "fine-tune"}
 
 
@@ -34,11 +36,13 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
                baseline_timm: str | None = None, finetune_steps: int = 100, finetune_lr: float = 5e-4,
                command: str = "", allow_pipe: bool = False, visual: bool = True, projection: str = "auto",
                robustness: bool = False, corruptions: list[str] | None = None, severities: list[int] | None = None,
-               robustness_max_val: int | None = None) -> dict[str, Any]:
+               robustness_max_val: int | None = None, detection: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run every stage for the export and its baselines and write the report into ``out``; returns report.json.
 
     ``visual`` adds maps, retrieval and the 2D embedding (``projection``); ``robustness`` the corruption section
-    (:mod:`evaluation.visual_report`)."""
+    (:mod:`evaluation.visual_report`); ``detection`` (the detection settings, ``data=`` included: keyword arguments
+    of :func:`evaluation.detection.transfer.run_detection`) the detection stage, on the same models, label
+    fractions and seeds."""
     out = Path(out)
     data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
                         max_train=max_train, max_val=max_val, allow_pipe=allow_pipe)
@@ -56,6 +60,11 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
         run_finetune(data, sources, batch_size=min(batch_size, 64), steps=finetune_steps, lr=finetune_lr, **kw)
     elif stale.exists():
         stale.unlink()  # a fine-tune from an earlier call would not match these settings
+    if detection:  # a detection.json from `selfsup-eval detect` is kept otherwise, and shown
+        from evaluation.detection.transfer import run_detection
+
+        run_detection([s for s in sources if s.kind != "onnx"], out=out, fractions=label_fractions,
+                      seeds=data.seeds, device=device, command=command, **detection)
     if several:  # the cost/accuracy table of `selfsup-eval deploy`, shown in the report
         write_deploy(out, sources, fractions=label_fractions, img_size=img_size, threads=torch.get_num_threads(),
                      repeats=5, command=command)
@@ -91,44 +100,50 @@ def aggregate(stage: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _metric_stats(value: Any) -> tuple[float | None, float | None]:
-    if isinstance(value, (int, float)):
-        return float(value), None
-    if isinstance(value, dict) and isinstance(value.get("mean"), (int, float)):
-        std = value.get("std")
-        return float(value["mean"]), float(std) if isinstance(std, (int, float)) else None
-    return None, None
-
-
 def read_detection(path: Path) -> list[dict[str, Any]] | None:
-    """Rows of a ``detection.json`` as ``{model, label_fraction, <metric>: {mean, std}}``.
-
-    Accepts a list of rows or a dict with ``rows`` / ``results`` / ``runs``; a metric may be a number, a
-    ``{"mean", "std"}`` dict, or ``<metric>_mean`` / ``<metric>_std`` keys; per-seed rows are averaged.
-    """
+    """Rows of a ``detection.json`` (written by the detection stage or another tool) by :func:`detection_rows`;
+    the file is a list of rows or a dict with ``rows`` / ``results`` / ``runs``. None when there is no file."""
     if not path.exists():
         return None
     doc = json.loads(path.read_text())
     raw = doc if isinstance(doc, list) else next((doc[k] for k in ("rows", "results", "runs") if k in doc), [])
+    return detection_rows([r for r in raw if isinstance(r, dict)])
+
+
+def detection_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, label fraction): ``{model, label_fraction, [n_images, seeds,] <metric>: {mean, std}}``.
+
+    A metric given as a number is one seed's value: the values of a model and fraction get mean, sample std
+    (:func:`evaluation.stages.summarise`, as every stage) and ``values``. One given as a ``{"mean", "std"}`` dict
+    or as ``<metric>_mean`` / ``<metric>_std`` keys is already aggregated and kept as it is.
+    """
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for r in raw:
-        if isinstance(r, dict):
-            groups[(str(r.get("model", "?")), r.get("label_fraction"))].append(r)
-    rows = []
-    for (model, frac), rs in groups.items():
-        row: dict[str, Any] = {"model": model, "label_fraction": frac}
+    for r in runs:
+        groups[(str(r.get("model", "?")), r.get("label_fraction"))].append(r)
+    order = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in groups))}
+    rows = []  # by model (first seen), then label fraction
+    for (model, frac), rs in sorted(groups.items(), key=lambda g: (order[g[0][0]], g[0][1] or 0.0)):
+        row: dict[str, Any] = {"model": model, "label_fraction": frac,
+                               **{k: rs[0][k] for k in ("n_images", "seeds") if k in rs[0]}}
+        if all("seed" in r for r in rs):
+            row["seeds"] = [r["seed"] for r in rs]
         for m in DETECTION_METRICS:
-            stats = [_metric_stats(r.get(m)) if m in r else (r.get(f"{m}_mean"), r.get(f"{m}_std")) for r in rs]
-            means = [s[0] for s in stats if isinstance(s[0], (int, float))]
-            if not means:
-                continue
-            if len(means) > 1:
-                mean, std = summarise(means)
-            else:
-                mean, std = means[0], stats[0][1]
-            row[m] = {"mean": mean, "std": std}
+            values = [float(r[m]) for r in rs if isinstance(r.get(m), (int, float))]
+            if values:
+                mean, std = summarise(values)
+                row[m] = {"mean": mean, "std": std, "values": values}
+            elif stat := next(filter(None, (_aggregated(r, m) for r in rs)), None):
+                row[m] = stat
         rows.append(row)
     return rows
+
+
+def _aggregated(row: dict[str, Any], metric: str) -> dict[str, float | None] | None:
+    value = row[metric] if isinstance(row.get(metric), dict) else {k: row.get(f"{metric}_{k}") for k in ("mean", "std")}
+    if not isinstance(value.get("mean"), (int, float)):
+        return None
+    std = value.get("std")
+    return {"mean": float(value["mean"]), "std": float(std) if isinstance(std, (int, float)) else None}
 
 
 def _pct(mean: float, std: float | None) -> str:
@@ -224,6 +239,8 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
         if stages[s]:
             panels.append((STAGE_NAMES[s], [r for r in results if r["stage"] == s and r["metric"] == "top1"]))
     plots = [plot_accuracy_vs_fraction(panels, out / "accuracy_vs_fraction.png").name]
+    if detection and (out / DETECTION_PLOT).is_file():
+        plots.append(DETECTION_PLOT)  # written by the detection stage
     run_dir, metrics_file = pretraining_log(list(models.values()))
     n_records = 0
     if metrics_file is not None and metrics_file.exists():

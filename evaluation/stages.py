@@ -72,7 +72,8 @@ def _features(source: ModelSource, data: EvalData, *, out: Path, img_size: int |
     return model.info, cached_features(model, data.train, **kw), cached_features(model, data.val, **kw)
 
 
-def _write(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
+def write_stage(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Write ``OUT/<stage>.json`` (every stage, detection included) and return ``payload``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stage}.json").write_text(json.dumps(payload, indent=1))
     return payload
@@ -101,8 +102,8 @@ def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: 
                            num_classes=data.num_classes, chunk_size=chunk_size)
         for k, row in res.items():
             runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx), "k": k, **row})
-    return _write(out, "knn", {"stage": "knn", "settings": {"ks": list(ks), "T": T}, "data": data.info,
-                               "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+    return write_stage(out, "knn", {"stage": "knn", "settings": {"ks": list(ks), "T": T}, "data": data.info,
+                                    "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
@@ -116,8 +117,8 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
                            steps=steps, seed=s)
         runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
                      **res.to_dict()})
-    return _write(out, "linear", {"stage": "linear", "settings": {"steps": steps}, "data": data.info,
-                                  "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+    return write_stage(out, "linear", {"stage": "linear", "settings": {"steps": steps}, "data": data.info,
+                                       "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
@@ -142,8 +143,8 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                 "layer_decay": layer_decay, "schedule": "linear warm-up 10% + cosine", "augmentation":
                 "random resized crop (0.5-1) + horizontal flip"}
-    return _write(out, "finetune", {"stage": "finetune", "settings": settings, "data": data.info, "models": infos,
-                                    "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+    return write_stage(out, "finetune", {"stage": "finetune", "settings": settings, "data": data.info,
+                                         "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def summarise(values: list[float]) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Detection data: VOC / COCO readers, label-fraction sampling, COCO AP (pycocotools)."""
+"""Detection data: VOC / COCO readers, label-fraction sampling (evaluation.fractions), COCO AP (pycocotools)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from evaluation.detection.data import load_detection_dataset
 from evaluation.detection.metrics import coco_box_ap
-from evaluation.detection.sampling import sample_label_fraction
+from evaluation.fractions import nested_subset
 from selfsup.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 
@@ -64,6 +65,8 @@ def test_voc_without_split_holds_out_seeded(tmp_path: Path) -> None:
     a, b = load_detection_dataset(root), load_detection_dataset(root)
     assert len(a.val) == 2 and len(a.train) == 8 and a.val_split.startswith("holdout")
     assert [s.image_id for s in a.val] == [s.image_id for s in b.val]
+    # Held out the way label fractions are drawn (evaluation.fractions): one seeded, nested sampler.
+    assert [s.path.stem for s in a.val] == nested_subset([f"img{i:02d}" for i in range(10)], fraction=0.2, seed=0)
 
 
 def test_coco_reader(tmp_path: Path) -> None:
@@ -109,15 +112,32 @@ def test_raccoon_layout(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 def test_label_fraction_is_seeded_nested_and_model_independent() -> None:
     ids = list(range(1, 101))
-    a = sample_label_fraction(ids, fraction=0.25, seed=3)
-    assert a == sample_label_fraction(list(reversed(ids)), fraction=0.25, seed=3)  # order of input irrelevant
+    a = nested_subset(ids, fraction=0.25, seed=3)
+    assert a == nested_subset(list(reversed(ids)), fraction=0.25, seed=3)  # order of input irrelevant
     assert len(a) == 25 and set(a) <= set(ids)
-    assert set(a) <= set(sample_label_fraction(ids, fraction=0.5, seed=3))  # nested
-    assert a != sample_label_fraction(ids, fraction=0.25, seed=4)
-    assert sample_label_fraction(ids, fraction=1.0, seed=0) == ids
-    assert len(sample_label_fraction(ids[:3], fraction=0.01, seed=0)) == 1
+    assert set(a) <= set(nested_subset(ids, fraction=0.5, seed=3))  # nested
+    assert a != nested_subset(ids, fraction=0.25, seed=4)
+    assert nested_subset(ids, fraction=1.0, seed=0) == ids
+    assert len(nested_subset(ids[:3], fraction=0.01, seed=0)) == 1
     with pytest.raises(ConfigError, match="outside"):
-        sample_label_fraction(ids, fraction=1.5, seed=0)
+        nested_subset(ids, fraction=1.5, seed=0)
+
+
+def test_detection_images_use_the_checked_decoding(tmp_path: Path) -> None:
+    """A 16-bit PNG is scaled to 8 bits (selfsup.data.decode), not clipped to white; a broken file is one DataError."""
+    from evaluation.detection.data import DetectionSample
+    from evaluation.detection.images import DetectionImages
+
+    Image.fromarray(np.full((30, 40), 100 * 256, dtype=np.uint16)).save(tmp_path / "deep.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    samples = [DetectionSample(i + 1, tmp_path / n, 40, 30, ((1.0, 2.0, 20.0, 25.0),), (0,), (False,))
+               for i, n in enumerate(("deep.png", "broken.jpg"))]
+    images = DetectionImages(samples, img_size=64, train=False)
+    img, target = images[0]
+    assert img.shape == (3, 48, 64) and torch.allclose(img, torch.full_like(img, 100 / 255))
+    assert target["boxes"].tolist()[0] == pytest.approx([1.6, 3.2, 32.0, 40.0])
+    with pytest.raises(DataError, match=r"broken.jpg: cannot decode image \(not_an_image\)"):
+        images[1]
 
 
 def _two_image_voc(tmp_path: Path) -> Path:

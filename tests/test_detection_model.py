@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from evaluation.detection.backbone import TimmDetectionBackbone
+from evaluation.detection.backbone import TimmDetectionBackbone, load_detection_body
 from evaluation.cli import main as eval_main
 from evaluation.detection.data import DetectionSample, load_detection_dataset
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.model import build_detector
 from evaluation.detection.train import detector_param_groups, predict, train_detector
-from evaluation.detection.weights import export_sources, read_export_config
+from evaluation.models import model_sources, read_config
 from selfsup.errors import CheckpointError
 from tests.conftest import SHARED_DATA
 
@@ -32,6 +32,11 @@ SWIN_ARGS = dict(img_size=64, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1
 @pytest.fixture(autouse=True)
 def _threads() -> None:
     torch.set_num_threads(1)
+
+
+def _bodies(export: Path) -> list[torch.nn.Module]:
+    """The detection bodies of the export and of its random init, loaded as every evaluation stage loads them."""
+    return [load_detection_body(s).model for s in model_sources(weights=str(export))]
 
 
 def _export(root: Path, kind: str, seed: int = 7) -> Path:
@@ -72,7 +77,7 @@ def raccoon_few(tmp_path_factory: pytest.TempPathFactory) -> list[DetectionSampl
 
 @pytest.mark.parametrize("kind", ["vit", "swin"])
 def test_backbone_gives_fpn_levels_at_strides_8_to_64(tmp_path: Path, kind: str) -> None:
-    body = export_sources(_export(tmp_path, kind))[0].build(seed=0)
+    body = _bodies(_export(tmp_path, kind))[0]
     backbone = TimmDetectionBackbone(body, fpn_channels=24)
     assert backbone.plain == (kind == "vit")
     x = torch.randn(2, 3, 128, 192)  # larger than and not shaped like the 64 px export
@@ -85,34 +90,33 @@ def test_backbone_gives_fpn_levels_at_strides_8_to_64(tmp_path: Path, kind: str)
 
 def test_pretrained_weights_are_loaded_and_random_init_differs(tmp_path: Path) -> None:
     export = _export(tmp_path, "vit", seed=7)
-    pretrained, random_init = export_sources(export)
     ref = timm.create_model("vit_tiny_patch16_224", num_classes=0, **VIT_ARGS)
     from safetensors.torch import load_file
 
     ref.load_state_dict(load_file(export / "model.safetensors"))
-    a, b = pretrained.build(seed=0), random_init.build(seed=0)
+    a, b = _bodies(export)
     assert type(a) is type(b) and a.dynamic_img_size
     assert torch.equal(a.patch_embed.proj.weight, ref.patch_embed.proj.weight)
     assert not torch.equal(b.patch_embed.proj.weight, ref.patch_embed.proj.weight)
-    assert torch.equal(b.patch_embed.proj.weight, random_init.build(seed=0).patch_embed.proj.weight)  # seeded
+    assert torch.equal(b.patch_embed.proj.weight, _bodies(export)[1].patch_embed.proj.weight)  # seeded
     assert sum(p.numel() for p in a.parameters()) == sum(p.numel() for p in b.parameters())
 
 
 def test_fixed_size_export_gets_position_embedding_interpolation(tmp_path: Path) -> None:
     m = timm.create_model("vit_tiny_patch16_224", num_classes=0, **{**VIT_ARGS, "dynamic_img_size": False})
     timm.models.save_for_hf(m, tmp_path / "fixed", safe_serialization=True)
-    body = export_sources(tmp_path / "fixed")[0].build(seed=0)
+    body = _bodies(tmp_path / "fixed")[0]
     assert body.dynamic_img_size
     assert TimmDetectionBackbone(body, fpn_channels=8)(torch.randn(1, 3, 128, 64))["0"].shape[-2:] == (16, 8)
 
 
 def test_missing_export_raises_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="config.json"):
-        read_export_config(tmp_path)
+        read_config(str(tmp_path))
 
 
 def test_layer_decay_groups_cover_every_parameter_once(tmp_path: Path) -> None:
-    body = export_sources(_export(tmp_path, "vit"))[0].build(seed=0)
+    body = _bodies(_export(tmp_path, "vit"))[0]
     det = build_detector(body, num_classes=1, img_size=64, fpn_channels=16)
     groups = detector_param_groups(det, weight_decay=0.05, layer_decay=0.5)
     ids = [id(p) for g in groups for p in g["params"]]
@@ -130,7 +134,7 @@ def test_layer_decay_groups_cover_every_parameter_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["vit", "swin"])
 def test_tiny_detector_trains_on_raccoon_images(tmp_path: Path, kind: str,
                                                 raccoon_few: list[DetectionSample]) -> None:
-    body = export_sources(_export(tmp_path, kind))[0].build(seed=0)
+    body = _bodies(_export(tmp_path, kind))[0]
     det = build_detector(body, num_classes=1, img_size=128, fpn_channels=16, proposals=64, rois_per_image=32)
     before = body.blocks[0].attn.qkv.weight.clone() if kind == "vit" else body.layers[0].blocks[0].attn.qkv.weight.clone()
     data = DetectionImages(raccoon_few, img_size=128, train=True)
@@ -147,8 +151,8 @@ def test_tiny_detector_trains_on_raccoon_images(tmp_path: Path, kind: str,
             assert p["boxes"][:, 2].max() <= s.width + 1e-3 and p["labels"].min() >= 0
 
 
-def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    voc = tmp_path / "voc"
+def _synthetic_voc(voc: Path) -> Path:
+    """A VOC folder of six synthetic images, train s0-s3 and val s4-s5, one 'box' each."""
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "Annotations").mkdir()
     (voc / "ImageSets" / "Main").mkdir(parents=True)
@@ -161,9 +165,14 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
             f"<ymax>{y2:g}</ymax></bndbox></object></annotation>")
     (voc / "ImageSets/Main/train.txt").write_text("s0\ns1\ns2\ns3")
     (voc / "ImageSets/Main/val.txt").write_text("s4\ns5")
+    return voc
+
+
+def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    voc = _synthetic_voc(tmp_path / "voc")
     out = tmp_path / "out"
     argv = ["detect", "--weights", str(_export(tmp_path, "vit")), "--data", str(voc), "--out", str(out),
-            "--label-fractions", "0.5,1.0", "--seeds", "0,1", "--steps", "2", "--img-size", "64",
+            "--label-fractions", "0.5,1.0", "--seeds", "2", "--steps", "2", "--img-size", "64",
             "--batch-size", "2", "--fpn-channels", "16", "--proposals", "32", "--rois-per-image", "16",
             "--device", "cpu", "--log-every", "0"]
     assert eval_main(argv) == 0  # `selfsup-eval detect ...`
@@ -175,6 +184,9 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
         assert r["seeds"] == [0, 1] and r["n_images"] == (2 if r["label_fraction"] == 0.5 else 4)
         for m in ("mAP", "AP50", "AP75"):
             assert 0.0 <= r[m]["mean"] <= 1.0 and r[m]["std"] >= 0.0 and len(r[m]["values"]) == 2
+            # The sample std over seeds, as every other stage of the report (it was the population std).
+            assert r[m]["std"] == pytest.approx(np.std(r[m]["values"], ddof=1))
+    assert {r["seed"] for r in doc["runs"]} == {0, 1}  # `--seeds 2` is a count, as in `selfsup-eval report`
     assert doc["config"]["steps"] == 2 and "command" in doc
     assert (out / "detection_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Bad input: one line, exit code 2.
@@ -195,3 +207,39 @@ def test_simple_feature_pyramid_upsamples_and_pools_to_target_strides(patch: int
     assert n_deconv == (1 if patch == 16 else 0)
     with pytest.raises(ValueError, match="power of two"):
         SimpleFeaturePyramid(32, patch_stride=12)
+
+
+def test_detection_random_init_is_the_reports_random_init(tmp_path: Path) -> None:
+    """One way to load an export: the detection stage's random-init body is the kNN / linear probe one."""
+    from evaluation.models import load_model
+
+    source = model_sources(weights=str(_export(tmp_path, "vit")))[1]
+    body, reference = load_detection_body(source).model, load_model(source).model
+    assert source.kind == "random_init" and body.dynamic_img_size
+    assert torch.equal(body.patch_embed.proj.weight, reference.patch_embed.proj.weight)
+
+
+def test_report_runs_the_detection_stage(tmp_path: Path) -> None:
+    """`selfsup-eval report --detection-data` runs detection on the report's models, fractions and seeds."""
+    for split in ("train", "val"):
+        for c, colour in enumerate((30, 220)):
+            (tmp_path / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), (colour, colour - i, 100)).save(tmp_path / split / f"c{c}" / f"{i}.png")
+    out = tmp_path / "report"
+    argv = ["report", "--weights", str(_export(tmp_path, "vit")), "--train", str(tmp_path / "train"),
+            "--val", str(tmp_path / "val"), "--out", str(out), "--label-fractions", "1.0", "--seeds", "1",
+            "--device", "cpu", "--no-visual", "--detection-data", str(_synthetic_voc(tmp_path / "voc")),
+            "--detection-steps", "1", "--detection-img-size", "64", "--detection-fpn-channels", "16",
+            "--detection-proposals", "16", "--detection-rois-per-image", "8", "--detection-log-every", "0"]
+    assert eval_main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["model"], r["label_fraction"]) for r in report["detection"]] == [("pretrained", 1.0),
+                                                                                ("random_init", 1.0)]
+    assert "detection_map.png" in report["plots"] and "## Detection" in (out / "report.md").read_text()
+    doc = json.loads((out / "detection.json").read_text())
+    assert doc["command"].startswith("selfsup-eval report") and doc["config"]["batch_size"] == 4
+    assert [m["name"] for m in doc["models"]] == [m["name"] for m in report["models"]]
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one line naming the flag, exit code 2
+        eval_main(argv + ["--detection-img-size", "100"])
+    assert exit_info.value.code == 2

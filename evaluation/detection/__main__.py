@@ -1,7 +1,7 @@
-"""``python -m evaluation.detection``: see :mod:`evaluation.detection.cli`."""
+"""``python -m evaluation.detection ARGS`` is ``selfsup-eval detect ARGS`` (:mod:`evaluation.cli`)."""
 
 import sys
 
-from evaluation.detection.cli import main
+from evaluation.cli import main
 
-sys.exit(main())
+sys.exit(main(["detect", *sys.argv[1:]]))

@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 
-import timm
 import torch
+from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from evaluation.models import LoadedModel, ModelSource, load_model
 
 PYRAMID_STRIDES = (8, 16, 32, 64)
 
@@ -58,7 +60,7 @@ class SimpleFeaturePyramid(nn.Module):
                 for i in range(int(-k)):
                     out = max(ch // 2, 16)
                     if i > 0:
-                        layers += [_ChannelLayerNorm(ch), nn.GELU()]
+                        layers += [LayerNorm2d(ch, eps=1e-5), nn.GELU()]  # over the channels of NCHW
                     layers.append(nn.ConvTranspose2d(ch, out, kernel_size=2, stride=2))
                     ch = out
             elif k > 0:
@@ -69,16 +71,6 @@ class SimpleFeaturePyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(b, c, h/p, w/p)`` -> ``[(b, c_s, h/s, w/s) for s in strides]``."""
         return [level(x) for level in self.levels]
-
-
-class _ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class TimmDetectionBackbone(nn.Module):
@@ -145,12 +137,9 @@ def flexible_size_kwargs(model: nn.Module) -> dict[str, bool]:
     return kwargs
 
 
-def create_timm_body(name: str, *, pretrained: bool, **kwargs: object) -> nn.Module:
-    """``timm.create_model(name, pretrained=..., num_classes=0, **kwargs)``, rebuilt with
-    :func:`flexible_size_kwargs` when the saved arguments fix the input size."""
-    kwargs = {**kwargs, "num_classes": 0}
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
-    extra = flexible_size_kwargs(model)
-    if extra:
-        model = timm.create_model(name, pretrained=pretrained, **{**kwargs, **extra})
-    return model
+def load_detection_body(source: ModelSource) -> LoadedModel:
+    """The timm model of ``source``, loaded as by every evaluation stage (:func:`evaluation.models.load_model`),
+    rebuilt with :func:`flexible_size_kwargs` when its saved arguments fix the input size."""
+    loaded = load_model(source)
+    extra = flexible_size_kwargs(loaded.model)
+    return load_model(source, model_kwargs=extra) if extra else loaded

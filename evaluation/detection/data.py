@@ -36,11 +36,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import numpy as np
+from PIL import Image
 
+from evaluation.fractions import nested_subset
+from selfsup.data.decode import BadSample, decode_rgb
+from selfsup.data.labelled import IMAGE_EXTENSIONS
 from selfsup.errors import DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 HOLDOUT_FRACTION = 0.2
 HOLDOUT_SEED = 0
 MAX_BAD_FRACTION = 0.1  # more images with broken annotations than this means the file is misread, not noisy
@@ -190,7 +192,7 @@ def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
     filename = tree.findtext("filename") or xml_path.stem + ".jpg"
     path = img_dir / Path(filename).name  # the base name only: a '../' in <filename> cannot leave img_dir
     if not path.is_file():
-        matches = [p for p in (img_dir / (xml_path.stem + s) for s in IMAGE_SUFFIXES) if p.is_file()]
+        matches = [p for p in (img_dir / (xml_path.stem + s) for s in IMAGE_EXTENSIONS) if p.is_file()]
         if not matches:
             raise DataError(f"{xml_path}: image '{filename}' not found in {img_dir}")
         path = matches[0]
@@ -207,7 +209,7 @@ def _read_voc_xml(xml_path: Path, img_dir: Path) -> _RawImage:
     except ValueError as e:
         raise DataError(f"{xml_path}: broken <size> or <bndbox> ({e}); expected numbers") from e
     if width <= 0 or height <= 0:
-        width, height = _image_size(path)
+        width, height = read_image(path).size
     return _RawImage(xml_path.stem, path, width, height, tuple(objects))
 
 
@@ -239,8 +241,7 @@ def _voc_split(root: Path, keys: list[str]) -> tuple[list[str], list[str], str]:
         train = _csv_keys(csv_dir / "train_labels.csv")
         test = _csv_keys(csv_dir / "test_labels.csv")
         return train, test, "test"
-    train, val = holdout_split(keys, fraction=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
-    return train, val, f"holdout{HOLDOUT_FRACTION:g}"
+    return holdout_split(keys)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -266,11 +267,9 @@ def _load_coco(path: Path, *, images: Path, val_path: Path | None) -> DetectionD
             raise DataError(f"--val-data {val_path}: categories differ from {path}; expected the same list")
         train_imgs, val_imgs, val_split = train_raw, val_raw, val_path.name
     else:
-        keys = sorted(r.key for r in train_raw)
         by_key = {r.key: r for r in train_raw}
-        train_keys, val_keys = holdout_split(keys, fraction=HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
+        train_keys, val_keys, val_split = holdout_split(list(by_key))
         train_imgs, val_imgs = [by_key[k] for k in train_keys], [by_key[k] for k in val_keys]
-        val_split = f"holdout{HOLDOUT_FRACTION:g}"
     return _build(path.stem, train_imgs, val_imgs, val_split=val_split, classes=categories, skipped=skipped)
 
 
@@ -341,21 +340,22 @@ def _check_skipped(source: Path, bad: list[tuple[str, str]], total: int) -> dict
 
 # ---------------------------------------------------------------- shared
 
-def holdout_split(keys: list[str], *, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded train / hold-out split of sorted keys (at least one image each side when possible)."""
-    keys = sorted(keys)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    n_val = min(max(1, round(fraction * len(keys))), max(len(keys) - 1, 0))
-    val = sorted(keys[i] for i in order[:n_val])
-    val_set = set(val)
-    return [k for k in keys if k not in val_set], val
+def holdout_split(keys: list[str]) -> tuple[list[str], list[str], str]:
+    """Train keys, hold-out keys and the split's name: the label-fraction sampler's seeded subset of
+    :data:`HOLDOUT_FRACTION` of the images, so both splits are drawn the same way."""
+    val = set(nested_subset(keys, fraction=HOLDOUT_FRACTION, seed=HOLDOUT_SEED))
+    return sorted(k for k in keys if k not in val), sorted(val), f"holdout{HOLDOUT_FRACTION:g}"
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
+def read_image(path: Path) -> Image.Image:
+    """The RGB image at ``path``, decoded like every image of the project (:func:`selfsup.data.decode.decode_rgb`:
+    EXIF orientation applied, 16-bit / CMYK / palette converted, decompression bombs refused)."""
+    try:
+        return decode_rgb(path.read_bytes())
+    except BadSample as e:
+        raise DataError(f"{path}: cannot decode image ({e.reason}); expected a valid image") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read image ({e.strerror or e})") from None
 
 
 def _build(name: str, train: list[_RawImage], val: list[_RawImage], *, val_split: str,

@@ -1,9 +1,9 @@
 """Torch data set over :class:`~evaluation.detection.data.DetectionSample` records.
 
-Images are decoded once, shrunk so that the longer side is ``img_size`` and kept in memory (the
-detection sets here are a few hundred images; decoding 2000-px JPEGs every step would dominate a
-CPU run). Boxes are scaled with the image; :func:`collate` keeps the scale so predictions can be
-mapped back to original pixels for the evaluation.
+Images are decoded once (:func:`~evaluation.detection.data.read_image`, the project's checked decoding),
+shrunk so that the longer side is ``img_size`` and kept in memory (the detection sets here are a few
+hundred images; decoding 2000-px JPEGs every step would dominate a CPU run). Boxes are scaled with the
+image; :func:`collate` keeps the scale so predictions can be mapped back to original pixels for the evaluation.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from evaluation.detection.data import DetectionSample
-from selfsup.errors import DataError
+from evaluation.detection.data import DetectionSample, read_image
 
 Target = dict[str, torch.Tensor]
 
@@ -48,15 +47,10 @@ class DetectionImages(Dataset):
     def _load(self, i: int) -> tuple[torch.Tensor, float]:
         if i not in self._cache:
             s = self.samples[i]
-            try:
-                with Image.open(s.path) as im:
-                    im = im.convert("RGB")
-                    scale = self.img_size / max(im.size)
-                    size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
-                    im = im.resize(size, Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.uint8).copy()
-            except OSError as e:
-                raise DataError(f"{s.path}: cannot decode image ({e})") from e
+            im = read_image(s.path)
+            scale = self.img_size / max(im.size)
+            size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
+            arr = np.asarray(im.resize(size, Image.BILINEAR), dtype=np.uint8).copy()
             # Boxes were written against the annotated size, which may differ from the file's.
             self._cache[i] = (torch.from_numpy(arr).permute(2, 0, 1), size[0] / s.width)
         return self._cache[i]

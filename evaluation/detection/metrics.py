@@ -17,9 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from evaluation.detection import METRICS
 from evaluation.detection.data import DetectionSample
-
-METRICS = ("mAP", "AP50", "AP75")
 
 
 def coco_ground_truth(samples: Sequence[DetectionSample], classes: Sequence[str]) -> COCO:

@@ -8,6 +8,7 @@ also keeps the ViT patch grid and the Swin windows whole).
 
 from __future__ import annotations
 
+import timm
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -15,9 +16,6 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign
 
 from evaluation.detection.backbone import PYRAMID_STRIDES, TimmDetectionBackbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_channels: int = 256,
@@ -37,7 +35,7 @@ def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_chan
         A ``FasterRCNN``: ``model(images, targets)`` gives losses in train mode, detections in eval mode.
     """
     backbone = TimmDetectionBackbone(body, fpn_channels=fpn_channels)
-    cfg = getattr(body, "pretrained_cfg", None) or {}
+    cfg = timm.data.resolve_data_config(model=body)  # mean / std of the body's pretrained_cfg
     # Anchors at 4x the level stride (32 px at stride 8) fit objects of images a few hundred px wide.
     anchors = AnchorGenerator(sizes=tuple((4 * s,) for s in PYRAMID_STRIDES),
                               aspect_ratios=((0.5, 1.0, 2.0),) * len(PYRAMID_STRIDES))
@@ -49,8 +47,8 @@ def build_detector(body: nn.Module, *, num_classes: int, img_size: int, fpn_chan
         num_classes=None,  # given by box_predictor
         min_size=img_size,
         max_size=img_size,
-        image_mean=list(cfg.get("mean", IMAGENET_MEAN)),
-        image_std=list(cfg.get("std", IMAGENET_STD)),
+        image_mean=list(cfg["mean"]),
+        image_std=list(cfg["std"]),
         size_divisible=max(PYRAMID_STRIDES),
         rpn_anchor_generator=anchors,
         box_roi_pool=roi_pool,
