@@ -146,6 +146,19 @@ def test_run_overwrite_starts_over_and_keeps_other_files(run, shards):
     assert (run / "notes.txt").read_text() == "mine" and not (run / LOCK_NAME).exists()
 
 
+def test_under_ddp_every_process_stops_with_the_same_line(run, shards):
+    """Only the main process looks at the folder; the other one must not hang in a collective or go on alone."""
+    from tests.launch_utils import launch, tiny_dino_args
+
+    before = _tree(run)
+    p = launch(*tiny_dino_args(run, shards, "train.max_steps=4"))
+    out, _ = p.communicate(timeout=240)
+    errors = [line for line in out.splitlines() if line.startswith("selfsup: error:")]
+    assert p.returncode != 0 and len(errors) == 2 and errors[0] == errors[1], out[-3000:]
+    assert f"run.dir={run} is not empty" in errors[0]
+    assert _tree(run) == before
+
+
 def _lock(run: Path, host: str, pid: int) -> None:
     (run / LOCK_NAME).write_text(json.dumps({"host": host, "pid": pid, "since": "2025-01-01 00:00:00"}))
 
