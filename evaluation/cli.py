@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from evaluation.fractions import parse_fractions
-from selfsup.errors import ConfigError, SelfsupError
+from selfsup.errors import ConfigError, run_cli
 
 
 def _positive(text: str) -> int:
@@ -231,17 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "embed":
         from evaluation.embed import embed_command
 
-        try:
-            return embed_command(args)
-        except SelfsupError as e:
-            print(f"selfsup-eval: error: {e}", file=sys.stderr)
-            return e.exit_code
-    try:
-        run(args, command="selfsup-eval " + shlex.join(argv))
-    except SelfsupError as e:
-        print(f"selfsup-eval: error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return run_cli("selfsup-eval", lambda: embed_command(args))
+    return run_cli("selfsup-eval", lambda: run(args, command="selfsup-eval " + shlex.join(argv)))
 
 
 if __name__ == "__main__":

@@ -16,16 +16,7 @@ import argparse
 import logging
 import sys
 
-from selfsup.errors import SelfsupError
-
-
-def _one_line(e: BaseException) -> str:
-    """A SelfsupError re-raised from a DataLoader worker carries the worker's traceback; keep its last line."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    msg = lines[-1] if lines else type(e).__name__
-    if msg.startswith("selfsup.errors."):  # "selfsup.errors.DataError: ..." from a worker's traceback
-        msg = msg.split(": ", 1)[-1]
-    return msg
+from selfsup.errors import run_cli
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -158,16 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except SelfsupError as e:
-        print(f"selfsup: error: {_one_line(e)}", file=sys.stderr)
-        return e.exit_code
-    except Exception as e:  # errors from DataLoader workers arrive re-wrapped; unwrap ours
-        if "selfsup.errors." in str(e):
-            print(f"selfsup: error: {_one_line(e)}", file=sys.stderr)
-            return 2
-        raise
+    return run_cli("selfsup", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class SelfsupError(Exception):
     """A clear, one-line error about user input. CLI exit code 2."""
@@ -35,3 +38,32 @@ class CheckpointWriteError(CheckpointError):
 
 class TrainingError(SelfsupError):
     """Training cannot go on (too many non-finite steps in a row)."""
+
+
+def one_line(e: BaseException) -> str:
+    """The user-facing line of ``e``: a SelfsupError re-raised from a DataLoader worker carries the worker's
+    traceback in its message (``... selfsup.errors.DataError: MSG``); keep MSG."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    msg = lines[-1] if lines else type(e).__name__
+    if msg.startswith("selfsup.errors."):
+        msg = msg.split(": ", 1)[-1]
+    return msg
+
+
+def run_cli(prog: str, command: Callable[[], int | None]) -> int:
+    """Run a command-line entry point: user errors print ``PROG: error: LINE`` and give their exit code.
+
+    The one wrapper of every ``selfsup`` / ``selfsup-eval`` command. A :class:`SelfsupError` raised in a DataLoader
+    worker reaches the main process re-wrapped by torch (its text names ``selfsup.errors.``) and is unwrapped
+    here; any other exception is a bug and keeps its traceback.
+    """
+    try:
+        return int(command() or 0)
+    except SelfsupError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
+    except Exception as e:
+        if "selfsup.errors." not in str(e):
+            raise
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return SelfsupError.exit_code

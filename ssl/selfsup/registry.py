@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from torch import nn
@@ -21,16 +22,17 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def get_builder(name: str) -> Builder:
-    # Importing the package modules fills the registry.
-    import selfsup.methods.dino  # noqa: F401
+    """The builder of ``method.name``; its module (``selfsup.methods.NAME``) is imported on first use.
 
-    for mod in ("mocov3", "moby", "simclr", "distill"):
-        try:
-            __import__(f"selfsup.methods.{mod}")
-        except ModuleNotFoundError:
-            pass
+    Only the requested method is imported, and an ImportError of its module (a missing dependency) propagates with
+    its own message: it is never mistaken for an unknown method name.
+    """
     if name not in METHODS:
-        from selfsup.errors import ConfigError
+        from selfsup.config import METHODS as KNOWN
 
-        raise ConfigError(f"bad value for 'method.name': '{name}' (expected one of: {', '.join(sorted(METHODS))})")
+        if name not in KNOWN:
+            from selfsup.errors import ConfigError
+
+            raise ConfigError(f"bad value for 'method.name': '{name}' (expected one of: {', '.join(KNOWN)})")
+        importlib.import_module(f"selfsup.methods.{name}")  # its @register fills METHODS
     return METHODS[name]

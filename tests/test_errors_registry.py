@@ -1,0 +1,56 @@
+"""One CLI error wrapper for every command; the method registry never hides an import error."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+import selfsup.registry as registry
+from selfsup.errors import CheckpointWriteError, ConfigError, run_cli
+
+
+def _raise(e: BaseException):
+    def command() -> int:
+        raise e
+
+    return command
+
+
+def test_run_cli_prints_one_line_and_returns_the_error_exit_code(capsys):
+    assert run_cli("selfsup-eval", _raise(ConfigError("bad value for 'x': 1"))) == 2
+    assert capsys.readouterr().err == "selfsup-eval: error: bad value for 'x': 1\n"
+    assert run_cli("selfsup", _raise(CheckpointWriteError("disk full"))) == 1
+    assert run_cli("selfsup", lambda: None) == 0
+
+
+def test_run_cli_unwraps_an_error_re_raised_from_a_dataloader_worker(capsys):
+    # torch re-raises a worker's exception as its type with the worker's traceback as the message
+    wrapped = RuntimeError("Caught DataError in DataLoader worker process 0.\nTraceback (most recent call last):\n"
+                           '  File "x.py", line 1\nselfsup.errors.DataError: shard-000.tar: 3 of 10 samples bad\n')
+    assert run_cli("selfsup", _raise(wrapped)) == 2
+    assert capsys.readouterr().err == "selfsup: error: shard-000.tar: 3 of 10 samples bad\n"
+
+
+def test_run_cli_keeps_the_traceback_of_a_bug():
+    with pytest.raises(ZeroDivisionError):
+        run_cli("selfsup", _raise(ZeroDivisionError("a bug")))
+
+
+def test_a_missing_dependency_of_a_method_surfaces_as_an_import_error(monkeypatch):
+    """A method whose module cannot import (here: its ``_queue`` dependency is missing) must not read as
+    "unknown method 'moby'": the ImportError names what is missing."""
+    monkeypatch.setattr(registry, "METHODS", {})
+    monkeypatch.delitem(sys.modules, "selfsup.methods.moby", raising=False)
+    monkeypatch.setitem(sys.modules, "selfsup.methods._queue", None)  # import of it raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError, match="selfsup.methods._queue"):
+        registry.get_builder("moby")
+
+
+def test_unknown_method_is_a_config_error_and_other_methods_still_build(monkeypatch):
+    monkeypatch.setattr(registry, "METHODS", {})
+    with pytest.raises(ConfigError, match="'method.name': 'byol'.*dino, mocov3, moby, simclr, distill"):
+        registry.get_builder("byol")
+    monkeypatch.setitem(sys.modules, "selfsup.methods._queue", None)  # moby's dependency is missing ...
+    monkeypatch.delitem(sys.modules, "selfsup.methods.simclr", raising=False)
+    assert registry.get_builder("simclr").__name__ == "build_simclr"  # ... SimCLR does not need it
