@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 from lightly.transforms import DINOTransform
 
+from selfsup.build import multicrop_transform, stream_options
+from selfsup.config import DataConfig, ViewsConfig
 from selfsup.data.shard_writer import write_shards
 from selfsup.data.shards import ShardStream, expand_shards
-from selfsup.data.views import MultiCropTransform
 
 DEFAULT_DATA = "/work/shared/data/flowers5.tar.gz"
 
@@ -66,11 +67,12 @@ def main(argv: list[str] | None = None) -> dict:
             [p for p in Path(tmp).iterdir() if p.is_dir()][0], shard_dir, max_per_shard=500, progress=False
         )
         urls = expand_shards(str(shard_dir))
-        ours = MultiCropTransform(global_crop_size=args.global_size, local_crop_size=args.local_size,
-                                  n_local=args.n_local)
+        ours = multicrop_transform(ViewsConfig(global_crop_size=args.global_size, local_crop_size=args.local_size,
+                                               n_local=args.n_local))
         theirs = DINOTransform(global_crop_size=args.global_size, local_crop_size=args.local_size,
                                n_local_views=args.n_local)
-        common = dict(urls=urls, batch_size=args.batch_size, seed=0, shuffle_buffer=0)
+        common = dict(urls=urls, batch_size=args.batch_size, seed=0,
+                      **stream_options(DataConfig(shuffle_buffer=0, shard_interleave=1)))
         results = {
             "lightly_DINOTransform": _measure(ShardStream(transform=theirs, **common), n_images),
             "selfsup_MultiCropTransform": _measure(

@@ -10,7 +10,8 @@ from PIL import Image
 
 from data_corpus import BOMB_LIMIT, EXIF_NAME, OK, make_bad_corpus
 from selfsup.data.decode import BadSample, decode_rgb
-from selfsup.data.views import MultiCropTransform
+from selfsup.build import multicrop_transform
+from selfsup.config import ViewsConfig
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, st
 def test_each_file_is_converted_or_skipped_with_its_reason(corpus, monkeypatch):
     d, expected = corpus
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
-    transform = MultiCropTransform(global_crop_size=16, local_crop_size=8, n_local=2)
+    transform = multicrop_transform(ViewsConfig(global_crop_size=16, local_crop_size=8, n_local=2))
     outcomes = {}
     for name in expected:
         try:

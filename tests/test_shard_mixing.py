@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from selfsup.cli import main as selfsup_main
-from selfsup.config import DataConfig
+from selfsup.build import multicrop_transform, stream_options
+from selfsup.config import DataConfig, ViewsConfig
 from selfsup.data.shards import ShardStream, expand_shards, make_loader
-from selfsup.data.views import MultiCropTransform
 
 N_CLASSES, PER_CLASS, PER_SHARD, BATCH = 10, 130, 100, 64
 
@@ -48,8 +48,9 @@ def _keys(out: Path) -> list[str]:
 
 
 def _batch_top_shares(out: Path, n_batches: int, **stream_kw) -> list[float]:
-    stream = ShardStream(urls=expand_shards(str(out)), batch_size=BATCH, seed=0,
-                         transform=MultiCropTransform(global_crop_size=8, local_crop_size=8, n_local=0), **stream_kw)
+    views = ViewsConfig(global_crop_size=8, local_crop_size=8, n_local=0)
+    stream = ShardStream(urls=expand_shards(str(out)), batch_size=BATCH, seed=0, transform=multicrop_transform(views),
+                         **stream_options(DataConfig(**stream_kw)))
     shares = []
     for batch in islice(make_loader(stream, num_workers=0, pin_memory=False), n_batches):
         cls = batch["cls"].tolist()
@@ -82,8 +83,7 @@ def test_no_shuffle_keeps_source_order(folder, tmp_path):
 def test_default_loader_batches_are_mixed(folder, tmp_path):
     out = tmp_path / "shards"
     selfsup_main(["shard", str(folder), str(out), "--max-per-shard", str(PER_SHARD)])
-    defaults = DataConfig()
-    shares = _batch_top_shares(out, 20, shuffle_buffer=defaults.shuffle_buffer, interleave=defaults.shard_interleave)
+    shares = _batch_top_shares(out, 20)  # the data.* defaults of the config
     assert len(shares) == 20
     assert np.mean(shares) <= 2 / N_CLASSES
 
@@ -92,7 +92,7 @@ def test_reader_interleaves_class_sorted_shards(folder, tmp_path):
     """Old, class-sorted shards and a small buffer: reading 4 shards in turn mixes 4 classes per batch."""
     out = tmp_path / "sorted"
     selfsup_main(["shard", str(folder), str(out), "--max-per-shard", str(PER_CLASS), "--no-shuffle"])
-    one = _batch_top_shares(out, 10, shuffle_buffer=8, interleave=1)
-    four = _batch_top_shares(out, 10, shuffle_buffer=8, interleave=4)
+    one = _batch_top_shares(out, 10, shuffle_buffer=8, shard_interleave=1)
+    four = _batch_top_shares(out, 10, shuffle_buffer=8, shard_interleave=4)
     assert np.mean(one) > 0.8
     assert np.mean(four) <= 0.5

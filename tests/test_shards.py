@@ -18,15 +18,21 @@ from PIL import Image
 from data_corpus import BOMB_LIMIT, OK, make_bad_corpus
 from selfsup.data.shard_writer import write_shards
 from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_loader
-from selfsup.data.views import MultiCropTransform
+from selfsup.build import multicrop_transform, stream_options
+from selfsup.config import DataConfig, ViewsConfig
 from selfsup.errors import DataError
 
 CLASSES = ("cat", "dog", "eel")
 PER_CLASS = 8
 
 
-def _transform() -> MultiCropTransform:
-    return MultiCropTransform(global_crop_size=16, local_crop_size=8, n_local=1)
+def _transform():
+    return multicrop_transform(ViewsConfig(global_crop_size=16, local_crop_size=8, n_local=1))
+
+
+def _options(**data) -> dict:
+    """ShardStream's data.* keyword arguments: the config defaults, one shard at a time, and ``data``."""
+    return stream_options(DataConfig(**{"shard_interleave": 1, **data}))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,8 @@ def _all_keys() -> set[str]:
 
 
 def _stream(urls, **kw) -> ShardStream:
-    args = dict(urls=urls, transform=_transform(), batch_size=3, seed=7, shuffle_buffer=4)
+    data = {k: kw.pop(k) for k in ("max_bad_fraction", "bad_window", "allow_pipe") if k in kw}
+    args = dict(urls=urls, transform=_transform(), batch_size=3, seed=7, **_options(shuffle_buffer=4, **data))
     args.update(kw)
     return ShardStream(**args)
 
@@ -132,7 +139,7 @@ def test_writer_reads_a_saved_hugging_face_dataset(tmp_path):
     assert summary.samples == 4 and summary.classes == ["a", "b"]
     urls = expand_shards(str(tmp_path / "out"))
     keys, labels = [], []
-    for batch in ShardStream(urls=urls, transform=_transform(), batch_size=1, seed=0, shuffle_buffer=0):
+    for batch in ShardStream(urls=urls, transform=_transform(), batch_size=1, seed=0, **_options(shuffle_buffer=0)):
         if batch["meta"]["epoch"] > 0:
             break
         keys += batch["keys"]

@@ -21,6 +21,7 @@ from test_shards import _png, _same, _stream
 
 from launch_utils import free_port
 from selfsup import cli
+from selfsup.build import stream_options
 from selfsup.config import DataConfig, load_config
 from selfsup.data.count import count_samples
 from selfsup.data.labelled import open_labelled
@@ -102,7 +103,8 @@ def test_pretrain_refuses_a_pipe_line_and_never_runs_it(tmp_path, shards, capsys
     assert code == 2 and not marker.exists()
     assert f"{listing}:2: refusing shard" in err and "data.allow_pipe=true" in err and len(err.splitlines()) == 1
     with pytest.raises(DataError, match="refusing shard 'pipe:cat"):  # given directly, not through a list
-        ShardStream(urls=[f"pipe:cat {shards / 'shard-000000.tar'}"], transform=list, batch_size=1, seed=0)
+        ShardStream(urls=[f"pipe:cat {shards / 'shard-000000.tar'}"], transform=list, batch_size=1, seed=0,
+                    **stream_options(DataConfig()))
 
 
 def test_pipe_urls_work_when_allowed(tmp_path, shards):

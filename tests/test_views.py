@@ -1,4 +1,5 @@
-"""Multi-crop and two-view transforms: view counts, sizes, modes, determinism, normalisation."""
+"""Multi-crop and two-view transforms: view counts, sizes, modes, determinism, normalisation; their settings are
+checked once, where the config is loaded."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from selfsup.data.views import IMAGENET_MEAN, IMAGENET_STD, MultiCropTransform, TwoViewTransform, ViewTransform
+from selfsup.build import multicrop_transform
+from selfsup.config import ViewsConfig, load_config
+from selfsup.data.views import ViewTransform
 from selfsup.errors import ConfigError
+
+DEFAULT = ViewsConfig()
+NORM = dict(mean=DEFAULT.mean, std=DEFAULT.std)  # the views.mean / views.std defaults (ImageNet's)
 
 
 def _image(mode: str = "RGB", size: tuple[int, int] = (48, 40)) -> Image.Image:
@@ -21,24 +27,24 @@ def _image(mode: str = "RGB", size: tuple[int, int] = (48, 40)) -> Image.Image:
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "CMYK", "I;16", "1"])
 def test_multicrop_counts_and_sizes_for_every_mode(mode):
-    t = MultiCropTransform(global_crop_size=32, local_crop_size=16, n_global=2, n_local=3)
+    t = multicrop_transform(ViewsConfig(global_crop_size=32, local_crop_size=16, n_global=2, n_local=3))
     views = t(_image(mode))
     assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
 
 
-def test_two_view_transform_has_two_global_views():
-    views = TwoViewTransform(crop_size=24)(_image())
+def test_two_view_config_has_two_global_views():
+    views = multicrop_transform(ViewsConfig(global_crop_size=24, n_local=0))(_image())
     assert [tuple(v.shape) for v in views] == [(3, 24, 24)] * 2
 
 
 def test_more_global_views_and_no_local_views():
-    views = MultiCropTransform(global_crop_size=20, n_global=3, n_local=0)(_image())
+    views = multicrop_transform(ViewsConfig(global_crop_size=20, n_global=3, n_local=0))(_image())
     assert [tuple(v.shape) for v in views] == [(3, 20, 20)] * 3
 
 
 def test_same_seed_same_views_other_seed_other_views():
-    t = MultiCropTransform(global_crop_size=24, local_crop_size=12, n_local=2)
+    t = multicrop_transform(ViewsConfig(global_crop_size=24, local_crop_size=12, n_local=2))
     img = _image()
     torch.manual_seed(3)
     a = t(img)
@@ -52,11 +58,11 @@ def test_same_seed_same_views_other_seed_other_views():
 
 def test_identity_view_is_exactly_normalised_pixels():
     t = ViewTransform(size=40, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, cj_prob=0,
-                      gray_prob=0, blur_prob=0)
+                      gray_prob=0, blur_prob=0, **NORM)
     img = _image(size=(40, 40))
     out = t(img)
     expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
-                - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+                - torch.tensor(DEFAULT.mean).view(3, 1, 1)) / torch.tensor(DEFAULT.std).view(3, 1, 1)
     assert torch.allclose(out, expected, atol=1e-5)
 
 
@@ -67,7 +73,7 @@ def test_grayscale_gives_equal_channels():
 
 
 def test_colour_jitter_changes_colours_but_keeps_geometry():
-    kw = dict(size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, gray_prob=0, blur_prob=0)
+    kw = dict(size=32, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0, gray_prob=0, blur_prob=0, **NORM)
     img = _image(size=(32, 32))
     torch.manual_seed(0)
     jittered = ViewTransform(cj_prob=1.0, **kw)(img)
@@ -90,8 +96,13 @@ def test_blur_on_upsampled_crop_matches_blur_after_resize():
     assert (unblurred - ref).abs().mean() > 2 * (ours - ref).abs().mean()
 
 
-def test_bad_settings_raise_config_error():
-    with pytest.raises(ConfigError, match="scale"):
-        MultiCropTransform(global_crop_scale=(0.0, 1.0))
-    with pytest.raises(ConfigError, match="n_global"):
-        MultiCropTransform(n_global=0)
+@pytest.mark.parametrize("override, key", [
+    ("views.global_crop_scale=[0.0,1.0]", "views.global_crop_scale"),
+    ("views.n_global=0", "views.n_global"),
+    ("views.local_crop_size=0", "views.local_crop_size"),
+    ("views.std=[0.2,0.0,0.2]", "views.std"),
+    ("views.mean=[0.5,0.5]", "views.mean"),
+])
+def test_bad_settings_raise_config_error_when_the_config_is_loaded(override, key):
+    with pytest.raises(ConfigError, match=f"bad value for '{key}"):
+        load_config(overrides=[override])

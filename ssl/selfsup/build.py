@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 from torch import nn
 
-from selfsup.config import Config
+from selfsup.config import Config, DataConfig, ViewsConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.registry import get_builder
 
@@ -35,8 +36,6 @@ def build_transform(cfg: Config):
 
     ``views.backend=lightly`` uses lightly's ``DINOTransform`` itself (the reference); the default ``fast`` backend
     applies the same ops with fewer image passes (see :mod:`selfsup.data.views`)."""
-    from selfsup.data.views import MultiCropTransform
-
     v = cfg.views
     if v.backend == "lightly":
         from lightly.transforms import DINOTransform
@@ -47,18 +46,25 @@ def build_transform(cfg: Config):
             normalize={"mean": list(v.mean), "std": list(v.std)}, gaussian_blur=tuple(v.blur_probs),
             solarization_prob=v.solarize_prob,
         )
+    return multicrop_transform(v)
+
+
+def multicrop_transform(v: ViewsConfig):
+    """The ``fast`` backend's :class:`~selfsup.data.views.MultiCropTransform` of a ``views`` section."""
+    from selfsup.data.views import MultiCropTransform
+
     return MultiCropTransform(
-        global_crop_size=v.global_crop_size,
-        global_crop_scale=tuple(v.global_crop_scale),
-        n_global=v.n_global,
-        local_crop_size=v.local_crop_size,
-        local_crop_scale=tuple(v.local_crop_scale),
-        n_local=v.n_local,
-        blur_probs=tuple(v.blur_probs),
-        solarize_prob=v.solarize_prob,
-        mean=tuple(v.mean),
-        std=tuple(v.std),
+        global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale), n_global=v.n_global,
+        local_crop_size=v.local_crop_size, local_crop_scale=tuple(v.local_crop_scale), n_local=v.n_local,
+        blur_probs=tuple(v.blur_probs), solarize_prob=v.solarize_prob, mean=tuple(v.mean), std=tuple(v.std),
     )
+
+
+def stream_options(data: DataConfig) -> dict[str, Any]:
+    """The :class:`~selfsup.data.shards.ShardStream` keyword arguments that a ``data`` section sets."""
+    return dict(shuffle_buffer=data.shuffle_buffer, interleave=data.shard_interleave,
+                max_bad_fraction=data.max_bad_fraction, bad_window=data.bad_window,
+                max_sample_bytes=data.max_sample_bytes, allow_pipe=data.allow_pipe)
 
 
 def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, position=None, pin_memory: bool):
@@ -77,14 +83,9 @@ def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, po
         seed=cfg.run.seed,
         rank=rank,
         world_size=world_size,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        interleave=cfg.data.shard_interleave,
         start_positions=position.start_positions() if position is not None else None,
         first_worker=position.next_worker if position is not None else 0,
         draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
-        max_bad_fraction=cfg.data.max_bad_fraction,
-        bad_window=cfg.data.bad_window,
-        max_sample_bytes=cfg.data.max_sample_bytes,
-        allow_pipe=cfg.data.allow_pipe,
+        **stream_options(cfg.data),
     )
     return make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and pin_memory)

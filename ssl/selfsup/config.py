@@ -427,6 +427,10 @@ def validate(cfg: Config) -> None:
     if len(cfg.views.blur_probs) != 3 or not all(0 <= p <= 1 for p in cfg.views.blur_probs):
         raise ConfigError(f"bad value for 'views.blur_probs': {cfg.views.blur_probs} (expected 3 probabilities: "
                           "first global, other global, local views)")
+    for key in ("mean", "std"):
+        if len(getattr(cfg.views, key)) != 3:
+            raise ConfigError(f"bad value for 'views.{key}': {getattr(cfg.views, key)} (expected 3 values, one per "
+                              "RGB channel)")
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(cfg.views, key)
         if not 0 < lo <= hi <= 1:

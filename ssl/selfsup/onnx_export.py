@@ -154,11 +154,14 @@ def is_conv_dominated(onnx_path: Path) -> bool:
 
 def calibration_batches(model: torch.nn.Module, shards: str, *, batches: int, batch_size: int) -> list[torch.Tensor]:
     """The first ``batches * batch_size`` images of ``shards`` (in order), with the export's eval preprocessing."""
+    from selfsup.build import stream_options
+    from selfsup.config import DataConfig
     from selfsup.data.shards import ShardStream, expand_shards
 
     urls = expand_shards(shards, strict=True)
     tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model), is_training=False)
-    stream = ShardStream(urls=urls, transform=lambda img: [tf(img)], batch_size=batch_size, seed=0, shuffle_buffer=0)
+    in_order = stream_options(DataConfig(shuffle_buffer=0, shard_interleave=1))  # the first images, in order
+    stream = ShardStream(urls=urls, transform=lambda img: [tf(img)], batch_size=batch_size, seed=0, **in_order)
     out = []
     for batch in stream:
         out.append(batch["views"][0])

@@ -8,13 +8,16 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from selfsup.build import stream_options
+from selfsup.config import DataConfig
 from selfsup.data.shards import ShardStream, expand_shards, make_loader
 
 
 def main(shards: str, out: str) -> None:
     acc = Accelerator(cpu=True)
     ds = ShardStream(urls=expand_shards(shards), transform=lambda img: [torch.zeros(1)], batch_size=2, seed=0,
-                     rank=acc.process_index, world_size=acc.num_processes, shuffle_buffer=8)
+                     rank=acc.process_index, world_size=acc.num_processes,
+                     **stream_options(DataConfig(shuffle_buffer=8, shard_interleave=1)))
     keys = []
     for batch in make_loader(ds, num_workers=2, pin_memory=False):
         epochs = batch["meta"].get("sample_epochs") or [batch["meta"]["epoch"]] * len(batch["keys"])

@@ -219,8 +219,8 @@ class ShardStream(IterableDataset):
     previous batch of this worker.
 
     Example:
-        >>> ds = ShardStream(urls=expand_shards("shards/"), transform=MultiCropTransform(),
-        ...                  batch_size=64, seed=0)  # doctest: +SKIP
+        >>> ds = ShardStream(urls=expand_shards("shards/"), transform=multicrop_transform(cfg.views),
+        ...                  batch_size=64, seed=0, **stream_options(cfg.data))  # doctest: +SKIP
         >>> batch = next(iter(make_loader(ds, num_workers=8, pin_memory=True)))  # doctest: +SKIP
     """
 
@@ -233,15 +233,15 @@ class ShardStream(IterableDataset):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        shuffle_buffer: int = 1000,
-        interleave: int = 1,
+        shuffle_buffer: int,
+        interleave: int,
         start_positions: dict[int, tuple[int, int]] | None = None,
         first_worker: int = 0,
         draft_size: tuple[int, int] | None = None,
-        max_bad_fraction: float = 0.01,
-        bad_window: int = 1000,
-        max_sample_bytes: int | None = None,
-        allow_pipe: bool = False,
+        max_bad_fraction: float,
+        bad_window: int,
+        max_sample_bytes: int | None,
+        allow_pipe: bool,
     ) -> None:
         """Args:
         urls: shard paths (see :func:`expand_shards`).
@@ -260,12 +260,13 @@ class ShardStream(IterableDataset):
         max_sample_bytes: a sample with a larger member is skipped (``too_large``) without reading that member
             (``data.max_sample_bytes``); ``None`` = no limit.
         allow_pipe: accept ``pipe:CMD`` URLs (``data.allow_pipe``).
+
+        The ``data.*`` values come from :func:`selfsup.build.stream_options` and are checked where the config
+        is loaded.
         """
         super().__init__()
         if not urls:
             raise DataError("urls: no shards given; expected at least one .tar path")
-        if batch_size < 1:
-            raise DataError(f"batch_size={batch_size}: expected a positive number of samples per batch")
         if not 0 <= rank < world_size:
             raise DataError(f"rank={rank}, world_size={world_size}: expected 0 <= rank < world_size")
         self.urls = list(urls)
@@ -275,7 +276,7 @@ class ShardStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
-        self.interleave = max(1, interleave)
+        self.interleave = interleave
         self.start_positions = dict(start_positions or {})
         self.first_worker = first_worker
         self.draft_size = draft_size

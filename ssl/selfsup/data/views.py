@@ -35,16 +35,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from lightly.transforms.solarize import RandomSolarization
-from lightly.transforms.utils import IMAGENET_NORMALIZE
 from PIL import Image, ImageFilter
 from torch import Tensor
 from torchvision.transforms import RandomResizedCrop
 
 from selfsup.data.decode import to_rgb
-from selfsup.errors import ConfigError
-
-IMAGENET_MEAN: tuple[float, float, float] = tuple(IMAGENET_NORMALIZE["mean"])  # type: ignore[assignment]
-IMAGENET_STD: tuple[float, float, float] = tuple(IMAGENET_NORMALIZE["std"])  # type: ignore[assignment]
 
 _GRAY = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2 luma, as PIL's convert("L")
 _RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
@@ -69,7 +64,9 @@ class ViewTransform:
         gray_prob: probability of converting to grayscale (kept as 3 channels).
         blur_prob: probability of a Gaussian blur with ``sigma`` drawn from ``blur_sigma``.
         solarize_prob: probability of solarization (invert pixels above 128).
-        mean, std: per-channel normalisation in [0, 1] units.
+        mean, std: per-channel normalisation in [0, 1] units (``views.mean``, ``views.std``).
+
+    The values are checked once, where the config is loaded (:func:`selfsup.config.validate`).
     """
 
     def __init__(
@@ -88,15 +85,9 @@ class ViewTransform:
         blur_prob: float = 0.5,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         solarize_prob: float = 0.0,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float],
+        std: Sequence[float],
     ) -> None:
-        if size < 1:
-            raise ConfigError(f"views: crop size={size}; expected a positive number of pixels")
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ConfigError(f"views: crop scale={tuple(scale)}; expected 0 < min <= max <= 1")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ConfigError(f"views: mean={list(mean)} std={list(std)}; expected 3 values each, std > 0")
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -175,13 +166,14 @@ class ViewTransform:
 class MultiCropTransform:
     """DINO multi-crop: ``n_global`` global views then ``n_local`` local views of one image.
 
-    The defaults are DINO's (``main_dino.py``): global crops 224 px at scale (0.4, 1), local crops
-    96 px at scale (0.05, 0.4), colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2,
-    Gaussian blur with p=1.0 on the first global view, 0.1 on the other global views and 0.5 on
-    local views, solarization p=0.2 on the other global views only.
+    The crop sizes, scales, view counts, blur/solarization probabilities and mean/std are the ``views.*``
+    config keys (defaults in :class:`selfsup.config.ViewsConfig`, DINO's ``main_dino.py``); the colour
+    jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 and grayscale p=0.2 are DINO's and not configurable.
 
     Example:
-        >>> views = MultiCropTransform(n_local=10)(image)  # doctest: +SKIP
+        >>> from selfsup.build import multicrop_transform
+        >>> from selfsup.config import ViewsConfig
+        >>> views = multicrop_transform(ViewsConfig())(image)  # doctest: +SKIP
         >>> [tuple(v.shape) for v in views[:3]]  # doctest: +SKIP
         [(3, 224, 224), (3, 224, 224), (3, 96, 96)]
     """
@@ -189,14 +181,16 @@ class MultiCropTransform:
     def __init__(
         self,
         *,
-        global_crop_size: int = 224,
-        global_crop_scale: tuple[float, float] = (0.4, 1.0),
-        n_global: int = 2,
-        local_crop_size: int = 96,
-        local_crop_scale: tuple[float, float] = (0.05, 0.4),
-        n_local: int = 8,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        global_crop_size: int,
+        global_crop_scale: tuple[float, float],
+        n_global: int,
+        local_crop_size: int,
+        local_crop_scale: tuple[float, float],
+        n_local: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        blur_probs: tuple[float, float, float],
+        solarize_prob: float,
         hflip_prob: float = 0.5,
         cj_prob: float = 0.8,
         cj_strength: float = 1.0,
@@ -205,9 +199,7 @@ class MultiCropTransform:
         saturation: float = 0.2,
         hue: float = 0.1,
         gray_prob: float = 0.2,
-        blur_probs: tuple[float, float, float] = (1.0, 0.1, 0.5),
         blur_sigma: tuple[float, float] = (0.1, 2.0),
-        solarize_prob: float = 0.2,
     ) -> None:
         """Args:
         global_crop_size, global_crop_scale, n_global: global views (teacher and student).
@@ -221,8 +213,6 @@ class MultiCropTransform:
         blur_sigma: range of the blur sigma in pixels.
         solarize_prob: solarization probability of the global views after the first one.
         """
-        if n_global < 1 or n_local < 0:
-            raise ConfigError(f"views: n_global={n_global}, n_local={n_local}; expected n_global >= 1, n_local >= 0")
         common = dict(
             hflip_prob=hflip_prob, cj_prob=cj_prob, brightness=brightness * cj_strength,
             contrast=contrast * cj_strength, saturation=saturation * cj_strength, hue=hue * cj_strength,
@@ -249,24 +239,3 @@ class MultiCropTransform:
         img = to_rgb(img)
         return [view(img) for view in self.global_views + self.local_views]
 
-
-class TwoViewTransform(MultiCropTransform):
-    """Two global views and no local view: MoCo v3 / SimCLR / MoBY.
-
-    Defaults are MoCo v3's BYOL-style asymmetric augmentation (Chen et al., 2021, "An Empirical
-    Study of Training Self-Supervised Vision Transformers", https://arxiv.org/abs/2104.02057):
-    224 px crops at scale (0.08, 1), blur p=1.0 / 0.1 and solarization p=0 / 0.2 on the two views.
-    """
-
-    def __init__(
-        self,
-        *,
-        crop_size: int = 224,
-        crop_scale: tuple[float, float] = (0.08, 1.0),
-        blur_probs: tuple[float, float] = (1.0, 0.1),
-        **kwargs: object,
-    ) -> None:
-        super().__init__(
-            global_crop_size=crop_size, global_crop_scale=crop_scale, n_global=2, n_local=0,
-            blur_probs=(blur_probs[0], blur_probs[1], 0.0), **kwargs,  # type: ignore[arg-type]
-        )
