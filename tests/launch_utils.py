@@ -35,11 +35,17 @@ def run(*args: str, timeout: float = 300, **kwargs) -> str:
     return out
 
 
+def merge_overrides(*overrides: str) -> list[str]:
+    """``key=value`` overrides where a later one replaces an earlier one of the same key (the command line
+    itself refuses a key given twice)."""
+    return list({o.split("=", 1)[0]: o for o in overrides}.values())
+
+
 def tiny_dino_args(run_dir: Path, shards: Path, *extra: str) -> list[str]:
     """``-m selfsup pretrain`` for a 2-block ViT-Tiny DINO at 32 px: 4 steps per epoch on 32 images, 2 epochs."""
-    return ["-m", "selfsup", "pretrain", str(ROOT / "configs" / "dino_vit_tiny_cpu.yaml"), f"run.dir={run_dir}",
-            f"data.shards={shards}", "data.num_workers=1", "data.shuffle_buffer=8", "model.args.img_size=32",
-            "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16", "views.n_local=2",
-            "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
-            "train.batch_size=4", "train.epochs=2", "train.progress=false", "optim.warmup_epochs=0.5",
-            "train.mixed_precision=no", *extra]
+    return ["-m", "selfsup", "pretrain", str(ROOT / "configs" / "dino_vit_tiny_cpu.yaml"), *merge_overrides(
+        f"run.dir={run_dir}", f"data.shards={shards}", "data.num_workers=1", "data.shuffle_buffer=8",
+        "model.args.img_size=32", "model.args.depth=2", "views.global_crop_size=32", "views.local_crop_size=16",
+        "views.n_local=2", "method.dino.out_dim=128", "method.dino.hidden_dim=32", "method.dino.bottleneck_dim=16",
+        "train.batch_size=4", "train.epochs=2", "train.progress=false", "optim.warmup_epochs=0.5",
+        "train.mixed_precision=no", *extra)]

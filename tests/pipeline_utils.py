@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from launch_utils import merge_overrides
 from selfsup.config import Config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -56,8 +57,7 @@ def tiny_config(run_dir: Path, shards: Path, *extra: str, method: str = "dino") 
         "train.batch_size=4", "train.epochs=2", "train.log_every=1", "train.progress=false", "train.mixed_precision=no",
         "optim.warmup_epochs=0.5", "method.dino.freeze_last_layer_epochs=0.2", f"method.name={method}",
     ]
-    merged = {o.split("=", 1)[0]: o for o in [*defaults, *extra]}
-    return load_config(CONFIGS / "dino_vit_tiny_cpu.yaml", list(merged.values()))
+    return load_config(CONFIGS / "dino_vit_tiny_cpu.yaml", merge_overrides(*defaults, *extra))
 
 
 def last_weights(run_dir: Path) -> dict:

@@ -22,7 +22,7 @@ from selfsup.config import load_config
 from selfsup.errors import ConfigError, DataError
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.loop import pretrain
-from tests.launch_utils import ROOT, free_port, launch, run, tiny_dino_args
+from tests.launch_utils import ROOT, free_port, launch, merge_overrides, run, tiny_dino_args
 from tests.pipeline_utils import last_weights, make_shards
 
 
@@ -130,11 +130,12 @@ def test_elastic_resume_on_another_number_of_processes(tmp_path, shards):
     one_process = [f"train.resume={list_checkpoints(tmp_path / 'run')[-1]}", "train.save_every=100"]
 
     with pytest.raises(DataError, match="world_size=2 but this run has world_size=1.*train.resume_elastic=true"):
-        pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=8"]))
+        pretrain(load_config(args[0], merge_overrides(*args[1:], *one_process, "train.batch_size=8")))
     with pytest.raises(ConfigError, match="global batch is 8, this run's is 4.*train.batch_size=8"):
-        pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=4", "train.resume_elastic=true"]))
-    summary = pretrain(load_config(args[0], [*args[1:], *one_process, "train.batch_size=8",
-                                             "train.resume_elastic=true"]))
+        pretrain(load_config(args[0], merge_overrides(*args[1:], *one_process, "train.batch_size=4",
+                                                      "train.resume_elastic=true")))
+    summary = pretrain(load_config(args[0], merge_overrides(*args[1:], *one_process, "train.batch_size=8",
+                                                            "train.resume_elastic=true")))
     assert summary["steps"] == 8 and summary["steps_this_run"] == 5
     ckpt = list_checkpoints(tmp_path / "run")[-1]
     assert ckpt.name == "step_00000008"

@@ -192,8 +192,9 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, shards, capsys, override, fragm
         config = tmp_path / "patch8.yaml"
         config.write_text("model: {name: vit_small_patch8_224, args: {img_size: 32, depth: 1, embed_dim: 48, "
                           "num_heads: 2}}\nviews: {local_crop_size: 16}\ntrain: {device: cpu, batch_size: 4}\n")
-    args = ["pretrain", str(config), f"run.dir={tmp_path / 'r'}", f"data.shards={shards}", "train.max_steps=1",
-            "train.batch_size=4", override]
+    base = [f"run.dir={tmp_path / 'r'}", f"data.shards={shards}", "train.max_steps=1", "train.batch_size=4"]
+    key = override.split("=", 1)[0]
+    args = ["pretrain", str(config), *[o for o in base if not o.startswith(key + "=")], override]
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("selfsup: error:") and fragment in err[0], err
