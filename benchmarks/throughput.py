@@ -65,6 +65,7 @@ from lightly.loss import DINOLoss  # noqa: E402
 from lightly.models.modules import DINOProjectionHead  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 
+from selfsup.config import DINOConfig  # noqa: E402
 from selfsup.methods.dino import DINO  # noqa: E402
 from selfsup.models.backbone import create_backbone  # noqa: E402
 from selfsup.optim.param_groups import param_groups  # noqa: E402
@@ -381,7 +382,8 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
     dim = int(backbone.num_features)
     params_m = sum(p.numel() for p in backbone.parameters()) / 1e6
 
-    method = DINO(backbone, n_global=s.n_global, out_dim=s.out_dim).to(device)
+    heads = asdict(DINOConfig(out_dim=s.out_dim))  # method.dino defaults but out_dim
+    method = DINO(backbone, n_global=s.n_global, **heads).to(device)
     ours = OursStep(method, device=device, bf16=bf16, fused=device.type == "cuda")
     ref_model = ReferenceDINO(ref_backbone, dim, s.out_dim).to(device)
     ref_model.student_head.load_state_dict(method.student_head.state_dict())

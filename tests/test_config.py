@@ -40,6 +40,11 @@ def test_base_chain_and_overrides():
         ("lr=0.1", "unknown config key 'lr'"),
         ("nodot", "expected key=value"),
         ("views.blur_probs=[1.0,0.5]", "expected 3 probabilities"),
+        # checked here once, no longer in the method classes
+        ("method.moby.queue_size=0", "'method.moby.queue_size': 0 (expected an integer >= 1)"),
+        ("method.distill.loss=l1", "'method.distill.loss': 'l1' (expected one of: seed, cosine, mse)"),
+        ("method.distill.queue_size=0", "'method.distill.queue_size': 0 (expected >= 1 for method.distill.loss=seed)"),
+        ("method.distill.student_temp=0", "'method.distill.student_temp': 0.0 (expected a finite number > 0)"),
     ],
 )
 def test_errors_name_the_key(override, fragment):

@@ -1,7 +1,10 @@
 """One DINO step on a tiny ViT and a tiny Swin."""
 
+import dataclasses
+
 import torch
 
+from selfsup.config import DINOConfig
 from selfsup.methods.base import Method
 from selfsup.methods.dino import DINO
 from selfsup.models.backbone import create_backbone
@@ -18,8 +21,8 @@ def _views(b=4, n_local=2):
 
 def _dino(spec):
     torch.manual_seed(0)
-    return DINO(create_backbone(spec["name"], model_args=spec["model_args"]), out_dim=256, hidden_dim=64,
-                bottleneck_dim=32, freeze_last_layer_epochs=1)
+    heads = DINOConfig(out_dim=256, hidden_dim=64, bottleneck_dim=32, freeze_last_layer_epochs=1)
+    return DINO(create_backbone(spec["name"], model_args=spec["model_args"]), n_global=2, **dataclasses.asdict(heads))
 
 
 def test_multicrop_groups_and_matches_per_view(tiny_backbone_spec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -11,7 +12,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from selfsup.build import build_method
-from selfsup.config import load_config
+from selfsup.config import MoBYConfig, MoCoV3Config, SimCLRConfig, load_config
 from selfsup.errors import ConfigError
 from selfsup.methods.base import Method
 from selfsup.methods.moby import MoBY, build_moby
@@ -41,10 +42,12 @@ def _backbone(spec, drop_path_rate: float = 0.0) -> nn.Module:
 def _make(name: str, spec=TINY_VIT, **kw) -> nn.Module:
     torch.manual_seed(0)
     if name == "mocov3":
-        return MoCoV3(_backbone(spec), pred_hidden_dim=64, **HEADS, **kw)
+        return MoCoV3(_backbone(spec), **dataclasses.asdict(MoCoV3Config(pred_hidden_dim=64, **HEADS, **kw)))
     if name == "moby":
-        return MoBY(_backbone(spec), _backbone(spec), pred_hidden_dim=64, queue_size=16, **HEADS, **kw)
-    return SimCLR(_backbone(spec), **HEADS, **kw)
+        moby = dataclasses.asdict(MoBYConfig(pred_hidden_dim=64, queue_size=16, **HEADS, **kw))
+        del moby["target_drop_path_rate"]  # a builder argument: the target backbone is made here
+        return MoBY(_backbone(spec), _backbone(spec), **moby)
+    return SimCLR(_backbone(spec), **dataclasses.asdict(SimCLRConfig(**HEADS, **kw)))
 
 
 def _float_params(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,14 +229,14 @@ def test_mocov3_freeze_patch_embed():
         num_features = 8
 
     with pytest.raises(ConfigError, match="patch_embed"):
-        MoCoV3(NoPatchEmbed(), **HEADS)
+        MoCoV3(NoPatchEmbed(), **dataclasses.asdict(MoCoV3Config(**HEADS)))
 
 
 def test_moby_asymmetric_drop_path():
     make = functools.partial(create_backbone, TINY_VIT["name"], drop_path_rate=0.2, model_args=TINY_VIT["model_args"])
     torch.manual_seed(0)
-    m = build_moby(make_backbone=make, n_global=2, target_drop_path_rate=0.0, queue_size=16, pred_hidden_dim=64,
-                   **HEADS)
+    m = build_moby(make_backbone=make, n_global=2,
+                   **dataclasses.asdict(MoBYConfig(target_drop_path_rate=0.0, queue_size=16, pred_hidden_dim=64, **HEADS)))
     assert any(isinstance(x, DropPath) and x.drop_prob > 0 for x in m.backbone.modules())
     assert not any(isinstance(x, DropPath) for x in m.target_backbone.modules())
     torch.testing.assert_close(_float_params(m.target_backbone), _float_params(m.backbone))

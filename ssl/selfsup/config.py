@@ -30,6 +30,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
 ON_COLLAPSE = ("stop", "warn")
+DISTILL_LOSSES = ("seed", "cosine", "mse")
 
 
 @dataclass
@@ -337,6 +338,8 @@ RANGES = {
     "method.moby.queue_size": "[1, inf)", "method.moby.target_drop_path_rate": "[0, 1)",
     "method.simclr.proj_hidden_dim": "[1, inf)", "method.simclr.out_dim": "[1, inf)",
     "method.simclr.temperature": "(0, inf)",
+    "method.distill.teacher_size": "[0, inf)", "method.distill.queue_size": "[0, inf)",
+    "method.distill.student_temp": "(0, inf)", "method.distill.teacher_temp": "(0, inf)",
     "optim.min_lr": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.weight_decay": "[0, inf)",
     "optim.weight_decay_end": "[0, inf)", "optim.betas": "[0, 1)", "optim.clip_grad": "[0, inf)",
     "train.epochs": "[0, inf)", "train.max_steps": "[1, inf)", "train.save_every": "[0, inf)",
@@ -391,6 +394,10 @@ def validate(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
     _choice("train.on_collapse", cfg.train.on_collapse, ON_COLLAPSE)
+    _choice("method.distill.loss", cfg.method.distill.loss, DISTILL_LOSSES)
+    if cfg.method.distill.loss == "seed" and cfg.method.distill.queue_size < 1:
+        raise ConfigError(f"bad value for 'method.distill.queue_size': {cfg.method.distill.queue_size} "
+                          "(expected >= 1 for method.distill.loss=seed)")
     if not isinstance(cfg.model.pretrained, (bool, str)) or cfg.model.pretrained == "":
         raise ConfigError(f"bad value for 'model.pretrained': {cfg.model.pretrained!r} (expected false, true, or the "
                           "path of a selfsup export, a local-dir: folder or a .safetensors file)")

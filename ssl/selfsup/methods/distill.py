@@ -33,7 +33,6 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from selfsup.errors import ConfigError
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods._signals import embed_std_logs
 from selfsup.methods.base import StepContext, StepOutput
@@ -41,11 +40,7 @@ from selfsup.models.backbone import embed_dim
 from selfsup.models.teacher import FrozenTeacher, load_teacher
 from selfsup.registry import register
 
-LOSSES = ("seed", "cosine", "mse")
-
-
-def seed_loss(student: Tensor, teacher: Tensor, queue: Tensor, *, student_temp: float = 0.07,
-              teacher_temp: float = 0.07) -> Tensor:
+def seed_loss(student: Tensor, teacher: Tensor, queue: Tensor, *, student_temp: float, teacher_temp: float) -> Tensor:
     """SEED / LightlyTrain v1: KL between the teacher's and the student's similarity distributions over ``D+``.
 
     Args:
@@ -87,13 +82,9 @@ class Distill(nn.Module):
 
     export_encoder = "student"
 
-    def __init__(self, backbone: nn.Module, teacher: FrozenTeacher, *, loss: str = "seed", queue_size: int = 4096,
-                 student_temp: float = 0.07, teacher_temp: float = 0.07) -> None:
+    def __init__(self, backbone: nn.Module, teacher: FrozenTeacher, *, loss: str, queue_size: int,
+                 student_temp: float, teacher_temp: float) -> None:
         super().__init__()
-        if loss not in LOSSES:
-            raise ConfigError(f"bad value for 'method.distill.loss': '{loss}' (expected one of: {', '.join(LOSSES)})")
-        if loss == "seed" and queue_size < 1:
-            raise ConfigError(f"bad value for 'method.distill.queue_size': {queue_size} (expected >= 1 for loss=seed)")
         self.loss_kind = loss
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.backbone = backbone
@@ -140,8 +131,7 @@ class Distill(nn.Module):
 
 @register("distill")
 def build_distill(*, make_backbone: Callable[..., nn.Module], n_global: int, teacher: str, view_mean: Sequence[float],
-                  view_std: Sequence[float], teacher_args: dict | None = None, teacher_size: int = 0,
-                  **kwargs: object) -> Distill:
+                  view_std: Sequence[float], teacher_args: dict, teacher_size: int, **kwargs: object) -> Distill:
     """Builder used by the registry; ``kwargs`` are the other fields of ``method.distill``, ``view_mean`` and
     ``view_std`` the views' normalisation (``views.mean``/``views.std``)."""
     frozen = load_teacher(teacher, view_mean=view_mean, view_std=view_std, size=teacher_size, model_args=teacher_args)

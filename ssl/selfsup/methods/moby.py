@@ -36,7 +36,6 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
-from selfsup.errors import ConfigError
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods._signals import embed_std_logs
 from selfsup.methods._two_views import require_two_global_views, require_two_views
@@ -83,16 +82,14 @@ class MoBY(nn.Module):
         backbone: nn.Module,
         target_backbone: nn.Module,
         *,
-        proj_hidden_dim: int = 4096,
-        out_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        temperature: float = 0.2,
-        momentum: float = 0.99,
-        queue_size: int = 4096,
+        proj_hidden_dim: int,
+        out_dim: int,
+        pred_hidden_dim: int,
+        temperature: float,
+        momentum: float,
+        queue_size: int,
     ) -> None:
         super().__init__()
-        if queue_size < 1:
-            raise ConfigError(f"bad value for 'method.moby.queue_size': {queue_size} (expected an integer >= 1)")
         dim = int(backbone.num_features)  # type: ignore[arg-type]
         self.temperature = temperature
         self.momentum = momentum
@@ -140,7 +137,7 @@ class MoBY(nn.Module):
 
 @register("moby")
 def build_moby(
-    *, make_backbone: Callable[..., nn.Module], n_global: int, target_drop_path_rate: float = 0.0, **kwargs: object
+    *, make_backbone: Callable[..., nn.Module], n_global: int, target_drop_path_rate: float, **kwargs: object
 ) -> MoBY:
     """Builder used by the registry; ``kwargs`` are the fields of ``method.moby``.
 

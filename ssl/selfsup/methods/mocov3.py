@@ -44,7 +44,7 @@ from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.registry import register
 
 
-def mocov3_projector(input_dim: int, hidden_dim: int = 4096, output_dim: int = 256) -> ProjectionHead:
+def mocov3_projector(input_dim: int, hidden_dim: int, output_dim: int) -> ProjectionHead:
     """3-layer MLP, BN after every linear layer, ReLU on the hidden ones, no affine on the last BN."""
     return ProjectionHead([
         (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(), False),
@@ -53,7 +53,7 @@ def mocov3_projector(input_dim: int, hidden_dim: int = 4096, output_dim: int = 2
     ])
 
 
-def mocov3_predictor(input_dim: int = 256, hidden_dim: int = 4096, output_dim: int = 256) -> ProjectionHead:
+def mocov3_predictor(input_dim: int, hidden_dim: int, output_dim: int) -> ProjectionHead:
     """2-layer MLP, BN + ReLU on the hidden layer, a plain linear output (no bias, as the authors' code)."""
     return ProjectionHead([
         (input_dim, hidden_dim, nn.BatchNorm1d(hidden_dim), nn.ReLU(), False),
@@ -115,12 +115,12 @@ class MoCoV3(nn.Module):
         self,
         backbone: nn.Module,
         *,
-        proj_hidden_dim: int = 4096,
-        out_dim: int = 256,
-        pred_hidden_dim: int = 4096,
-        temperature: float = 0.2,
-        momentum: float = 0.99,
-        freeze_patch_embed: bool = True,
+        proj_hidden_dim: int,
+        out_dim: int,
+        pred_hidden_dim: int,
+        temperature: float,
+        momentum: float,
+        freeze_patch_embed: bool,
     ) -> None:
         super().__init__()
         dim = int(backbone.num_features)  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ class SimCLR(nn.Module):
     export_encoder = "online"
 
     def __init__(
-        self, backbone: nn.Module, *, proj_hidden_dim: int = 2048, out_dim: int = 128, temperature: float = 0.1
+        self, backbone: nn.Module, *, proj_hidden_dim: int, out_dim: int, temperature: float
     ) -> None:
         super().__init__()
         dim = int(backbone.num_features)  # type: ignore[arg-type]
