@@ -1,0 +1,187 @@
+"""Learning parity: ``selfsup pretrain`` against a plain PyTorch loop written the way lightly's examples are.
+
+Both train the same backbone on the same 10,000 CIFAR-10 images with the same crops, batch size, learning
+rate, weight decay, schedules, clipping, precision and number of steps; both exports are scored by the same
+``selfsup-eval knn`` (k=20, T=0.07, 10,000 train / 2,000 test images). The reference reads every
+hyper-parameter from the resolved ``config.yaml`` of our run, so the two cannot drift apart. What differs is
+what we want to test: our shard stream, view code, method wrappers, step and checkpointing vs a torch
+``DataLoader(shuffle=True)`` over the image folder with lightly's ``DINOTransform`` and lightly's heads/losses.
+
+    python benchmarks/learning_parity.py [--methods dino simclr] [--seeds 0 1] [--epochs 3] [--out runs/learning_parity]
+
+Needs ``runs/cifar10_methods/{shards,subset,data}`` (made by ``benchmarks/cifar10_methods.sh``). Writes
+``OUT/results.md`` and ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+from lightly.loss import DINOLoss, NTXentLoss
+from lightly.models.modules import DINOProjectionHead, SimCLRProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.transforms import DINOTransform
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+
+from selfsup.optim.schedules import cosine, linear_warmup, scaled_lr, warmup_cosine
+
+DATA = Path("runs/cifar10_methods")
+CONFIGS = {"dino": "configs/dino_vit_tiny_small_data.yaml", "simclr": "configs/simclr_vit_tiny_small_data.yaml"}
+
+
+def run_ours(method: str, seed: int, epochs: float, out: Path) -> dict:
+    """``selfsup pretrain`` + ``selfsup export``; returns its summary."""
+    run = out / "run"
+    subprocess.run(["selfsup", "pretrain", CONFIGS[method], f"data.shards={DATA / 'shards'}", f"run.dir={run}",
+                    f"run.seed={seed}", f"train.epochs={epochs}", "train.save_every=0", "train.progress=false",
+                    "run.overwrite=true"], check=True)
+    subprocess.run(["selfsup", "export", str(run), str(out / "export"), "--overwrite"], check=True)
+    return json.loads((run / "summary.json").read_text())
+
+
+def _views(cfg) -> DINOTransform:
+    """lightly's DINOTransform with the colour, crop, blur and solarisation settings of our config."""
+    v = cfg.views
+    return DINOTransform(global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale),
+                         n_local_views=v.n_local, local_crop_size=v.local_crop_size,
+                         local_crop_scale=tuple(v.local_crop_scale), cj_strength=0.5, gaussian_blur=tuple(v.blur_probs),
+                         solarization_prob=v.solarize_prob, normalize={"mean": list(v.mean), "std": list(v.std)})
+
+
+def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
+    """The plain loop: DataLoader(shuffle=True), lightly heads + loss + update_momentum, AdamW, bf16 autocast."""
+    torch.manual_seed(seed)
+    backbone = timm.create_model(cfg.model.name, num_classes=0, drop_path_rate=cfg.model.drop_path_rate,
+                                 **OmegaConf.to_container(cfg.model.args))
+    dim = backbone.num_features
+    if method == "dino":
+        d = cfg.method.dino
+        student = torch.nn.Sequential(backbone, DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
+                                                                   freeze_last_layer=1, norm_last_layer=d.norm_last_layer))
+        teacher = torch.nn.Sequential(timm.create_model(cfg.model.name, num_classes=0, **OmegaConf.to_container(cfg.model.args)),
+                                      DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
+                                                         norm_last_layer=d.norm_last_layer))
+        teacher.load_state_dict(student.state_dict())
+        deactivate_requires_grad(teacher)
+        criterion = DINOLoss(output_dim=d.out_dim, student_temp=d.student_temp, center_momentum=d.center_momentum)
+        export_model = teacher[0]
+    else:
+        s = cfg.method.simclr
+        student = torch.nn.Sequential(backbone, SimCLRProjectionHead(dim, s.proj_hidden_dim, s.out_dim, num_layers=2,
+                                                                     batch_norm=True))
+        criterion = NTXentLoss(temperature=s.temperature)
+        export_model = backbone
+    dataset = ImageFolder(str(DATA / "subset"), transform=_views(cfg))
+    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                        num_workers=cfg.data.num_workers, persistent_workers=True,
+                        generator=torch.Generator().manual_seed(seed))
+    steps_per_epoch = len(dataset) / cfg.train.batch_size
+    # The same no-decay rule as ours: 1-D parameters, biases, tokens and position embeddings.
+    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
+    no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], betas=tuple(cfg.optim.betas))
+    peak = scaled_lr(cfg.optim.lr, cfg.train.batch_size)
+    warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    step, t0 = 0, time.perf_counter()
+    student.train()
+    while step < steps:
+        for views, _ in loader:
+            if step >= steps:
+                break
+            epoch = step / steps_per_epoch
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = warmup_cosine(step, steps, warmup, peak, cfg.optim.min_lr)
+            opt.param_groups[0]["weight_decay"] = cosine(step, steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.mixed_precision == "bf16"):
+                if method == "dino":
+                    d = cfg.method.dino
+                    n_global = cfg.views.n_global
+                    with torch.no_grad():
+                        t_out = [teacher(v).float() for v in views[:n_global]]
+                    s_out = [student(v).float() for v in views]
+                    temp = linear_warmup(step, round(d.warmup_teacher_temp_epochs * steps_per_epoch),
+                                         d.warmup_teacher_temp, d.teacher_temp)
+                    loss = criterion(t_out, s_out, teacher_temp=temp)
+                else:
+                    z0, z1 = student(torch.cat(views[:2])).float().chunk(2)
+                    loss = criterion(z0, z1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.clip_grad:
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
+            if method == "dino":
+                student[1].cancel_last_layer_gradients(current_epoch=int(epoch))
+            opt.step()
+            if method == "dino":
+                m = cosine(step, steps, cfg.method.dino.momentum_teacher, 1.0)
+                update_momentum(student, teacher, m=m)
+            step += 1
+    seconds = time.perf_counter() - t0
+    size = cfg.views.global_crop_size
+    timm.models.save_for_hf(export_model.eval(), str(out / "export"), safe_serialization=True,
+                            model_args=OmegaConf.to_container(cfg.model.args),
+                            data_config={"input_size": (3, size, size), "mean": tuple(cfg.views.mean),
+                                         "std": tuple(cfg.views.std), "crop_pct": 1.0, "interpolation": "bicubic"})
+    return {"steps": step, "images_per_s": step * cfg.train.batch_size / seconds}
+
+
+def knn_top1(export: Path, out: Path) -> tuple[float, float]:
+    """kNN top-1 (k=20) of the export and of its random init, in %."""
+    c10 = DATA / "data" / "cifar10"
+    subprocess.run(["selfsup-eval", "knn", "--weights", str(export), "--train", str(c10 / "train"), "--val",
+                    str(c10 / "test"), "--out", str(out), "--label-fractions", "1.0", "--seeds", "1",
+                    "--max-train", "10000", "--max-val", "2000"], check=True)
+    runs = json.loads((out / "knn.json").read_text())["runs"]
+    top1 = {r["model"]: 100 * r["top1"] for r in runs if r["k"] == 20}
+    return top1["pretrained"], top1["random_init"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--methods", nargs="+", default=["dino", "simclr"], choices=sorted(CONFIGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--out", default="runs/learning_parity")
+    args = p.parse_args()
+    out = Path(args.out)
+    rows = []
+    for method in args.methods:
+        for seed in args.seeds:
+            base = out / method / f"seed{seed}"
+            summary = run_ours(method, seed, args.epochs, base / "ours")
+            cfg = OmegaConf.load(base / "ours" / "run" / "config.yaml")
+            ref = run_reference(method, seed, cfg, summary["steps"], base / "reference")
+            ours_top1, rand = knn_top1(base / "ours" / "export", base / "ours" / "knn")
+            ref_top1, _ = knn_top1(base / "reference" / "export", base / "reference" / "knn")
+            rows.append({"method": method, "seed": seed, "steps": summary["steps"], "random_init": rand,
+                         "ours": ours_top1, "reference": ref_top1, "ours_images_per_s": summary["images_per_s"],
+                         "reference_images_per_s": ref["images_per_s"]})
+            print(json.dumps(rows[-1]), flush=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    lines = ["| method | steps | seeds | kNN top-1 selfsup | kNN top-1 reference loop | random init | images/s selfsup | images/s reference |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method in args.methods:
+        r = [x for x in rows if x["method"] == method]
+
+        def ms(key: str) -> str:
+            vals = [x[key] for x in r]
+            return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
+
+        lines.append(f"| {method} | {r[0]['steps']} | {len(r)} | {ms('ours')} | {ms('reference')} | {ms('random_init')} | "
+                     f"{ms('ours_images_per_s')} | {ms('reference_images_per_s')} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
