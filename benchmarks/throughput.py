@@ -5,10 +5,11 @@ crops (96) per image; the student sees all crops, the teacher only the global on
 
 Two steps run in the same process, on the same backbone weights, crops and batch:
 
-- **ours**: :class:`selfsup.methods.dino.DINO` driven exactly like ``selfsup.train.loop`` drives it
-  (accelerate, per-group lr/wd, backward, ``clip_grad_norm_``, one finite check, freeze hook, AdamW, EMA) with
-  the fast paths on: bf16 autocast and fused AdamW on CUDA, SDPA attention (timm's fused attention), one backbone
-  pass per crop size, no host sync except the finite check, and optionally ``torch.compile`` of the backbones.
+- **ours**: :class:`selfsup.methods.dino.DINO` stepped by the loop's own :class:`selfsup.train.step.TrainStep`,
+  built by ``prepare_training`` from the config defaults (accelerate, per-group lr/wd, backward, ``clip_grad_norm_``,
+  one finite check, freeze hook, fused AdamW, EMA): bf16 autocast on CUDA, SDPA attention (timm's fused
+  attention), one backbone pass per crop size, no host sync except the finite check, and optionally
+  ``torch.compile`` of the backbones.
 - **reference**: the step as lightly's documented DINO example writes it: ``student_out = [model(view) for view in
   views]``, ``teacher_out = [model.forward_teacher(view) for view in views[:2]]``, ``DINOLoss``, ``update_momentum``
   every step, ``Adam``, ``loss.item()`` every step, fp32.
@@ -36,7 +37,6 @@ import copy
 import ctypes
 import gc
 import json
-import math
 import os
 import platform
 import resource
@@ -65,11 +65,13 @@ from lightly.loss import DINOLoss  # noqa: E402
 from lightly.models.modules import DINOProjectionHead  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 
-from selfsup.config import DINOConfig  # noqa: E402
+from selfsup.config import Config, DINOConfig  # noqa: E402
 from selfsup.methods.dino import DINO  # noqa: E402
 from selfsup.models.backbone import create_backbone  # noqa: E402
-from selfsup.optim.param_groups import param_groups  # noqa: E402
-from selfsup.optim.schedules import cosine, warmup_cosine  # noqa: E402
+from selfsup.optim.schedules import cosine  # noqa: E402
+from selfsup.train.accelerator import make_accelerator  # noqa: E402
+from selfsup.train.state import TrainState  # noqa: E402
+from selfsup.train.step import TrainStep, compile_backbones, prepare_training  # noqa: E402
 
 # name -> (timm model, model args)
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -189,58 +191,21 @@ class ReferenceStep:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Our step: selfsup.train.loop's step body without the data loader
+# Our step: the loop's own TrainStep, on synthetic views already on the device
 # ----------------------------------------------------------------------------------------------------------------
-class OursStep:
-    """The body of ``selfsup.train.loop.pretrain``'s while loop, on synthetic views already on the device."""
-
-    def __init__(self, method: DINO, *, device: torch.device, bf16: bool, fused: bool, clip_grad: float = 3.0) -> None:
-        from accelerate import Accelerator
-
-        self.accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=device.type == "cpu")
-        optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=(0.9, 0.999), fused=fused or None)
-        self.method, self.optimizer = self.accelerator.prepare(method, optimizer)
-        self.unwrapped: DINO = self.accelerator.unwrap_model(self.method)
-        self.params = [p for p in self.method.parameters() if p.requires_grad]
-        self.buffers = list(self.method.buffers())
-        self.max_norm = clip_grad or math.inf
-        self.steps_per_epoch, self.total_steps = 10, 10_000
-        self.step = self.steps_per_epoch  # epoch 1: the head's last layer trains, as in the reference
-        self.bad_steps = 0
-        self.method.train()
-
-    def __call__(self, views: list[Tensor]) -> None:
-        acc, method, optimizer = self.accelerator, self.method, self.optimizer
-        ctx = self.unwrapped.step_context(self.step, self.steps_per_epoch, self.total_steps)
-        lr = warmup_cosine(self.step, self.total_steps, 100, 1e-4, 1e-6)
-        wd = cosine(self.step, self.total_steps, 0.04, 0.4)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = wd * group.get("wd_mult", 1.0)
-        snapshot = [b.detach().clone() for b in self.buffers]  # restored on a bad step, as the loop does
-        with acc.accumulate(method):
-            out = method(views, ctx)
-            acc.backward(out.loss)
-        grad_norm = acc.clip_grad_norm_(self.params, self.max_norm)
-        bad = (~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))) | (~torch.isfinite(out.loss.detach()))
-        if bool(bad):  # the one host sync per step
-            with torch.no_grad():
-                for buf, saved in zip(self.buffers, snapshot):
-                    buf.copy_(saved)
-            self.bad_steps += 1
-        else:
-            self.unwrapped.before_optimizer_step(ctx)
-            optimizer.step()
-            self.unwrapped.after_optimizer_step(ctx)
-        optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-
-
-def compile_backbones(method: nn.Module) -> None:
-    """``torch.compile`` every timm backbone in place, as ``train.compile=true`` does in the loop."""
-    from selfsup.train.loop import _compile_backbones
-
-    _compile_backbones(method)
+def ours_step(method: DINO, *, device: torch.device, bf16: bool, batch_size: int) -> TrainStep:
+    """:class:`TrainStep` as ``pretrain`` builds it from the config defaults, at step 10 of 10,000 (epoch 1: the
+    head's last layer trains, as in the reference)."""
+    cfg = Config()
+    cfg.train.mixed_precision, cfg.train.batch_size = ("bf16" if bf16 else "no"), batch_size
+    accelerator = make_accelerator(mixed_precision=cfg.train.mixed_precision, grad_accum=cfg.train.grad_accum,
+                                   device=device.type, project_dir=".", log_with=[])
+    prepared, optimizer = prepare_training(cfg, accelerator, method)
+    prepared.train()
+    steps_per_epoch = 10
+    return TrainStep(accelerator, prepared, optimizer, optim=cfg.optim, train=cfg.train,
+                     state=TrainState(step=steps_per_epoch), steps_per_epoch=steps_per_epoch, total_steps=10_000,
+                     global_batch=batch_size)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -384,7 +349,11 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
 
     heads = asdict(DINOConfig(out_dim=s.out_dim))  # method.dino defaults but out_dim
     method = DINO(backbone, n_global=s.n_global, **heads).to(device)
-    ours = OursStep(method, device=device, bf16=bf16, fused=device.type == "cuda")
+    train_step = ours_step(method, device=device, bf16=bf16, batch_size=s.batch_size)
+
+    def ours(views: list[Tensor]) -> None:
+        train_step(lambda: views)
+
     ref_model = ReferenceDINO(ref_backbone, dim, s.out_dim).to(device)
     ref_model.student_head.load_state_dict(method.student_head.state_dict())
     ref_model.teacher_head.load_state_dict(method.teacher_head.state_dict())
@@ -397,7 +366,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
     flops_ours = count_flops(ours, views)
     flops_ref = count_flops(ref, views)
     if use_compile:
-        compile_backbones(ours.unwrapped)
+        compile_backbones(train_step.unwrapped)
 
     # extra warmup (the FLOP-counting step already ran each once: optimizer state exists)
     for _ in range(s.warmup):
@@ -407,7 +376,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
 
     # timed, alternating which goes first; peak memory per step. The other implementation's weights and optimizer
     # state stay resident, so they are subtracted.
-    states = {"ours": _state_bytes(ours.unwrapped, ours.optimizer), "reference": _state_bytes(ref_model, ref.optimizer)}
+    states = {"ours": _state_bytes(train_step.unwrapped, train_step.optimizer), "reference": _state_bytes(ref_model, ref.optimizer)}
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     peaks = {"ours": 0, "reference": 0}
     log(f"[{key}] timing {s.steps} steps each, alternating")
@@ -440,8 +409,8 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
     report = ModelReport(model=key, timm_name=timm_name, params_m=round(params_m, 2), setting=asdict(s),
                          ours=r_ours, reference=r_ref, ratio_ours_over_ref=r_ours.step_time_s / r_ref.step_time_s,
                          ratio_min=r_ours.step_time_min_s / r_ref.step_time_min_s,
-                         extras={"bad_steps_ours": ours.bad_steps})
-    del ours, ref, method, ref_model, views
+                         extras={"bad_steps_ours": train_step.state.bad_steps_total})
+    del ours, train_step, ref, method, ref_model, views
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -542,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "timm_fused_attn": bool(timm.layers.use_fused_attn()),
         "peak_tflops": peak, "peak_source": peak_src, "compile": args.compile, "quick": args.quick,
-        "ours_precision": "bf16 autocast" if bf16 else "fp32", "ours_fused_adamw": device.type == "cuda",
+        "ours_precision": "bf16 autocast" if bf16 else "fp32", "ours_fused_adamw": Config().optim.fused,
     }
     if args.measure_peak:
         if device.type == "cuda":

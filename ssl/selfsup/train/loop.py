@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -24,14 +23,10 @@ from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.count import count_samples
 from selfsup.data.shards import expand_shards
-from selfsup.errors import ConfigError, TrainingError
-from selfsup.optim.adamw_state import init_adamw_state
-from selfsup.optim.param_groups import param_groups
-from selfsup.optim.schedules import cosine, scaled_lr, warmup_cosine
-from selfsup.train.accelerator import make_accelerator, sync_batchnorm, uses_fsdp
+from selfsup.errors import ConfigError
+from selfsup.train.accelerator import make_accelerator
 from selfsup.train.checkpoint import (
     check_shared_run_dir,
-    latest_checkpoint,
     load_training_state,
     resolve_resume,
     save_checkpoint,
@@ -39,6 +34,7 @@ from selfsup.train.checkpoint import (
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.resume import load_resume_state
+from selfsup.train.step import TrainStep, prepare_training
 from selfsup.train.trackers import start_trackers
 from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 
@@ -54,13 +50,6 @@ def check_crop_sizes(backbone: torch.nn.Module, global_size: int, local_size: in
     for key, size in (("views.global_crop_size", global_size), ("views.local_crop_size", local_size)):
         if size is not None and size % p:
             raise ConfigError(f"bad value for '{key}': {size} is not a multiple of the model's patch size {p}")
-
-
-def _compile_backbones(method: torch.nn.Module) -> None:
-    """``torch.compile`` every timm backbone in place (state-dict keys stay unchanged)."""
-    for module in method.modules():
-        if hasattr(module, "forward_features") and hasattr(module, "num_features"):
-            module.compile()
 
 
 def _cpu_threads(num_workers: int) -> None:
@@ -81,7 +70,6 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 
 
 def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
-    fsdp = uses_fsdp(accelerator)
     if accelerator.device.type == "cpu":
         _cpu_threads(cfg.data.num_workers * accelerator.num_processes)
     run_dir = Path(cfg.run.dir)
@@ -117,15 +105,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     check_crop_sizes(method.export_backbone(),  # type: ignore[operator]
                      cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
-    if cfg.train.sync_bn:
-        sync_batchnorm(method, accelerator)
-    if cfg.train.compile:
-        _compile_backbones(method)
-    # fused AdamW: one kernel for all parameters, on CUDA and (torch >= 2.4) on the CPU
-    optimizer = torch.optim.AdamW(param_groups(method), lr=0.0, betas=tuple(cfg.optim.betas), fused=cfg.optim.fused or None)
-    method, optimizer = accelerator.prepare(method, optimizer)
-    if fsdp:  # sharded optimizer checkpoints need the state of every parameter, even frozen-so-far ones
-        init_adamw_state(optimizer)
+    method, optimizer = prepare_training(cfg, accelerator, method)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:
         load_training_state(accelerator, resume_dir, unwrapped, exact=not relayout)
@@ -141,14 +121,13 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         start_trackers(accelerator, to_dict(cfg), run_dir)
     cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)
 
-    peak_lr = scaled_lr(cfg.optim.lr, global_batch)
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    step = TrainStep(accelerator, method, optimizer, optim=cfg.optim, train=cfg.train, state=state,
+                     steps_per_epoch=steps_per_epoch, total_steps=total_steps, global_batch=global_batch,
+                     run_dir=run_dir)
     monitor = make_monitor(cfg, run_dir=run_dir, stop_step=stop_step)  # kNN + checkpoints/best (monitor.data)
-    guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, warmup_steps, last_healthy=resume_dir)
-    params = [p for p in method.parameters() if p.requires_grad]
+    guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, step.warmup_steps,
+                          last_healthy=resume_dir)
     scaler = accelerator.scaler  # fp16 only
-    buffers = list(method.buffers())
-    max_norm = cfg.optim.clip_grad or math.inf  # always measure the norm: it decides non-finite steps
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
                desc="pretrain", dynamic_ncols=True)
@@ -170,68 +149,28 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         state.data = position.state_dict()
         state.save(tmp, rank)
 
+    def next_views() -> list[torch.Tensor]:
+        batch = next(batches)
+        position.update(batch["meta"])
+        return [v.to(accelerator.device, non_blocking=True) for v in batch["views"]]
+
     while state.step < stop_step:
-        ctx = unwrapped.step_context(state.step, steps_per_epoch, total_steps)
-        lr = warmup_cosine(state.step, total_steps, warmup_steps, peak_lr, cfg.optim.min_lr)
-        wd = cosine(state.step, total_steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-            group["weight_decay"] = wd * group.get("wd_mult", 1.0)
-        # Buffers that forward updates (DINO center, MoBY queues, BN statistics) are restored on a bad step.
-        snapshot = [b.detach().clone() for b in buffers]
-        for _ in range(cfg.train.grad_accum):
-            batch = next(batches)
-            position.update(batch["meta"])
-            views = [v.to(accelerator.device, non_blocking=True) for v in batch["views"]]
-            with accelerator.accumulate(method):
-                out = method(views, ctx)
-                accelerator.backward(out.loss)
-            state.samples_seen += views[0].shape[0]
-            samples_log += views[0].shape[0]
-        grad_norm = accelerator.clip_grad_norm_(params, max_norm)
-        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a replicated DTensor
-            grad_norm = grad_norm.full_tensor()
-        bad = ~torch.isfinite(out.loss.detach())
-        if scaler is None:
-            bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=accelerator.device))
-        # else (fp16): an overflowing gradient is the scaler's business, as in the reference implementations:
-        # optimizer.step() skips the update and lowers the loss scale. Only a non-finite loss is a bad step.
-        if world > 1:  # every process must take the same decision
-            bad = accelerator.reduce(bad.float(), reduction="sum") > 0
-        if bool(bad):  # the one host sync per step: skipping needs it
-            with torch.no_grad():
-                for buf, saved in zip(buffers, snapshot):
-                    buf.copy_(saved)
-            state.bad_steps_total += 1
-            state.bad_steps_in_row += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)", state.step + 1,
-                        state.bad_steps_in_row)
-            if state.bad_steps_in_row >= cfg.train.max_bad_steps:
-                raise TrainingError(
-                    f"{state.bad_steps_in_row} non-finite steps in a row at step {state.step + 1}; last good checkpoint: "
-                    f"{latest_checkpoint(run_dir) or '(none)'}. Lower optim.lr or use train.mixed_precision=bf16, "
-                    f"then resume with train.resume=auto"
-                )
-        else:
-            state.bad_steps_in_row = 0
-            unwrapped.before_optimizer_step(ctx)
-            optimizer.step()
-            unwrapped.after_optimizer_step(ctx)
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
+        out = step(next_views)
+        samples_log += out.samples
         bar.update(1)
         knn = (monitor.evaluate(state.step, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})
                if monitor is not None and monitor.due(state.step) else {})
         t_log += knn.get("monitor_s", 0.0)  # images_per_s counts training time only
 
         if knn or state.step % cfg.train.log_every == 0 or state.step == stop_step:
-            loss = accelerator.reduce(out.loss.detach().float(), reduction="mean").item()
+            loss = accelerator.reduce(out.loss.float(), reduction="mean").item()
             dt = time.perf_counter() - t_log
             last = {
-                "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": loss, "lr": lr, "wd": wd,
-                "momentum": ctx.momentum, **({"teacher_temp": ctx.teacher_temp} if ctx.teacher_temp is not None else {}),
+                "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": loss, "lr": out.lr,
+                "wd": out.wd, "momentum": out.ctx.momentum,
+                **({"teacher_temp": out.ctx.teacher_temp} if out.ctx.teacher_temp is not None else {}),
                 "images_per_s": samples_log * world / max(dt, 1e-9),
-                "grad_norm": float(grad_norm), "bad_steps": state.bad_steps_total,
+                "grad_norm": float(out.grad_norm), "bad_steps": state.bad_steps_total,
                 "skipped_samples": sum(position.skipped.values()),
                 **({"loss_scale": float(scaler.get_scale())} if scaler is not None else {}),
                 **{k: float(v) for k, v in out.logs.items()}, **knn,
