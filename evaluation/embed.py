@@ -27,7 +27,7 @@ import torch
 from evaluation.features import embed, eval_transform, resolve_device
 from evaluation.models import ModelSource, load_model
 from selfsup.data.decode import BadSample, decode_rgb
-from selfsup.data.labelled import IMAGE_EXTENSIONS, SHARD_IMAGE_KEYS
+from selfsup.data.decode import IMAGE_EXTENSIONS, IMAGE_KEYS
 from selfsup.data.shards import expand_shards
 from selfsup.errors import ConfigError, DataError
 
@@ -71,10 +71,10 @@ class _Images(torch.utils.data.IterableDataset):
 
         for url in (self.urls or [])[wid::nw]:
             for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
-                img_key = next((k for k in SHARD_IMAGE_KEYS if k in sample), None)
+                img_key = next((k for k in IMAGE_KEYS if k in sample), None)
                 if img_key is None:
                     raise DataError(f"{url}: sample {sample.get('__key__')!r} has keys {sorted(sample)}; "
-                                    f"expected an image ({'/'.join(SHARD_IMAGE_KEYS)})")
+                                    f"expected an image ({'/'.join(IMAGE_KEYS)})")
                 yield f"{url}#{sample['__key__']}", sample[img_key]
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -9,24 +9,15 @@ the augmentation is light (random resized crop + flip). Shapes: ``b = batch, c =
 
 from __future__ import annotations
 
-import math
-import random
-
-import numpy as np
 import timm
+from accelerate.utils import set_seed
 from timm.optim import create_optimizer_v2
 import torch
 import torch.nn.functional as F
 
 from selfsup.data.labelled import LabelledImages, TransformedImages
+from selfsup.optim.schedules import warmup_cosine
 from evaluation.knn import topk_accuracy
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def train_transform(data_config: dict) -> torch.nn.Module:
@@ -56,7 +47,7 @@ def finetune(model: torch.nn.Module, images: LabelledImages, train_indices: list
     Returns:
         ``{"top1": acc, "top5": acc or None}`` on ``val_images``.
     """
-    seed_everything(seed)
+    set_seed(seed)  # python, numpy, torch (CPU and CUDA)
     model.reset_classifier(num_classes)
     model.to(device).train()
     opt = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=weight_decay, layer_decay=layer_decay)
@@ -71,7 +62,7 @@ def finetune(model: torch.nn.Module, images: LabelledImages, train_indices: list
                                          num_workers=num_workers, generator=gen, drop_last=True)
     use_amp = device.type == "cuda"
     for step, (x, y) in enumerate(loader):
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+        scale = warmup_cosine(step, steps, warmup, peak=1.0, end=0.0, start=1.0 / warmup)  # the first step is not lr 0
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * scale
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):

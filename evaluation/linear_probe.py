@@ -10,7 +10,6 @@ Shapes: ``n = train rows, m = test rows, d = feature dim, c = classes``.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.knn import topk_accuracy
+from selfsup.optim.schedules import cosine
 
 DEFAULT_LRS = (1e-3, 1e-2, 1e-1)
 DEFAULT_WDS = (0.0, 1e-1)
@@ -103,6 +103,7 @@ def train_linear_grid(feats: torch.Tensor, labels: torch.Tensor, *, num_classes:
     b = torch.zeros(g, 1, num_classes, requires_grad=True)
     lr = torch.tensor(lrs, dtype=torch.float32).view(g, 1, 1)
     wd = torch.tensor(wds, dtype=torch.float32).view(g, 1, 1)
+    # hand-written: torch.optim.AdamW has one lr per parameter group, not one per head of a stacked (g, d, c) tensor
     state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (w, b)]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     bs = min(batch_size, n)
@@ -117,7 +118,7 @@ def train_linear_grid(feats: torch.Tensor, labels: torch.Tensor, *, num_classes:
         # sum over heads: each head's gradient is its own mean cross-entropy
         loss = F.cross_entropy(logits.reshape(-1, num_classes), y.reshape(-1), reduction="sum") / len(idx)
         gw, gb = torch.autograd.grad(loss, (w, b))
-        step_lr = lr * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+        step_lr = lr * cosine(step, steps, 1.0, 0.0)
         with torch.no_grad():
             for p, grad, (m, v), decay in ((w, gw, state[0], True), (b, gb, state[1], False)):
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 
 from selfsup.data.labelled import LabelledImages, open_labelled
 from evaluation.features import Features, cached_features, eval_transform, resolve_device
-from evaluation.finetune import finetune, seed_everything
+from evaluation.finetune import finetune
 from evaluation.fractions import fraction_key, label_subsets
 from evaluation.knn import evaluate_knn
 from evaluation.linear_probe import linear_probe
@@ -131,7 +132,7 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
     for source in sources:
         for f in data.fractions:
             for s in data.seeds:
-                seed_everything(s)
+                set_seed(s)
                 loaded = load_model(source, img_size=img_size)  # fresh weights for every run
                 idx = data.subsets[fraction_key(f)][str(s)]
                 res = finetune(loaded.model, data.train, idx, data.val, num_classes=data.num_classes,

@@ -24,6 +24,15 @@ def test_warmup_cosine_matches_dino_reference():
     assert ours == pytest.approx(ref)
 
 
+def test_warmup_cosine_with_a_start_is_the_evaluation_schedule():
+    # fine-tuning and detection: the first update already moves (lr / warmup), then the same cosine to 0
+    lr, total, warm = 5e-4, 40, 4
+    ours = [warmup_cosine(s, total, warm, peak=lr, end=0.0, start=lr / warm) for s in range(total)]
+    assert ours[0] == pytest.approx(lr / warm) and all(a < b for a, b in zip(ours[:warm], ours[1:warm + 1]))
+    after = [0.5 * lr * (1 + math.cos(math.pi * (s - warm) / (total - warm))) for s in range(warm, total)]
+    assert ours[warm:] == pytest.approx(after) and ours[warm] == pytest.approx(lr)
+
+
 def test_teacher_temp_warmup():
     vals = [linear_warmup(s, 30, 0.04, 0.07) for s in range(40)]
     assert vals[0] == pytest.approx(0.04) and vals[30] == pytest.approx(0.07) and vals[-1] == pytest.approx(0.07)

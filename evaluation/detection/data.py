@@ -40,7 +40,7 @@ from PIL import Image
 
 from evaluation.fractions import nested_subset
 from selfsup.data.decode import BadSample, decode_rgb
-from selfsup.data.labelled import IMAGE_EXTENSIONS
+from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.errors import DataError
 
 HOLDOUT_FRACTION = 0.2

@@ -9,7 +9,6 @@ and detection heads are new and train at the full lr.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from evaluation.detection.images import Target
 from selfsup.errors import TrainingError
+from selfsup.optim.schedules import warmup_cosine
 
 MAX_BAD_STEPS = 5
 
@@ -42,14 +42,6 @@ def detector_param_groups(detector: nn.Module, *, weight_decay: float, layer_dec
     groups.append({"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0})
     groups.append({"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0})
     return [g for g in groups if g["params"]]
-
-
-def lr_at(step: int, *, steps: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warmup to ``base_lr`` over ``warmup_steps``, then cosine to 0 at ``steps``."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _forever(loader: DataLoader) -> Iterator[tuple[list[torch.Tensor], list[Target]]]:
@@ -92,7 +84,7 @@ def train_detector(detector: nn.Module, loader: DataLoader, *, steps: int, lr: f
         images, targets = next(batches)
         images = [im.to(device) for im in images]
         targets = [{k: v.to(device) for k, v in t.items() if k in ("boxes", "labels")} for t in targets]
-        step_lr = lr_at(step, steps=steps, base_lr=lr, warmup_steps=warmup)
+        step_lr = warmup_cosine(step, steps, warmup, peak=lr, end=0.0, start=lr / warmup)  # as fine-tuning
         for g in opt.param_groups:
             g["lr"] = step_lr * g["lr_scale"]
         loss_dict = detector(images, targets)

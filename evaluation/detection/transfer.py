@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from evaluation.detection import METRICS, PLOT_FILE
@@ -27,7 +28,6 @@ from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.model import build_detector
 from evaluation.detection.train import predict, train_detector
 from evaluation.features import resolve_device
-from evaluation.finetune import seed_everything
 from evaluation.fractions import nested_subset
 from evaluation.models import ModelSource
 from evaluation.plots import plot_accuracy_vs_fraction
@@ -60,7 +60,7 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
                 t_run = time.perf_counter()
                 loaded = load_detection_body(source)
                 infos.setdefault(source.name, loaded.info)
-                seed_everything(seed)  # same head init and batch order for every backbone
+                set_seed(seed)  # same head init and batch order for every backbone
                 detector = build_detector(loaded.model, num_classes=len(dataset.classes), img_size=img_size,
                                           fpn_channels=fpn_channels, proposals=proposals,
                                           rois_per_image=rois_per_image)

@@ -21,6 +21,11 @@ REASON_TOO_LARGE = "decompression_bomb"
 REASON_NO_IMAGE = "no_image_member"
 REASON_DECODE = "decode_error"
 
+# The one list of image types: the webdataset member keys an image may be stored under (``selfsup shard`` writes
+# jpg/png/webp/gif/bmp/tiff/ppm), and the file extensions read from image folders.
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif", "ppm", "img")
+IMAGE_EXTENSIONS = tuple(f".{k}" for k in IMAGE_KEYS if k != "img")
+
 
 class BadSample(Exception):
     """A sample that cannot be used; ``reason`` is one of the ``REASON_*`` strings."""

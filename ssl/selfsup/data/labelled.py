@@ -30,14 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from selfsup.data.decode import BadSample, decode_rgb, to_rgb
+from selfsup.data.decode import IMAGE_EXTENSIONS, IMAGE_KEYS, BadSample, decode_rgb, to_rgb
 from selfsup.data.shards import expand_shards
 from selfsup.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-SHARD_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 class LabelledImages:
@@ -164,10 +162,10 @@ def _read_shards(urls: list[str]) -> tuple[list[bytes], list[int], list[str]]:
         except tarfile.TarError as e:
             raise DataError(f"{url}: not a readable tar file ({e}); expected a .tar of image + cls samples") from None
         for sample in samples:
-            img_key = next((k for k in SHARD_IMAGE_KEYS if k in sample), None)
+            img_key = next((k for k in IMAGE_KEYS if k in sample), None)
             if img_key is None or "cls" not in sample:
                 raise DataError(f"{url}: sample {sample.get('__key__')!r} has keys {sorted(sample)}; "
-                                f"expected an image ({'/'.join(SHARD_IMAGE_KEYS)}) and 'cls'")
+                                f"expected an image ({'/'.join(IMAGE_KEYS)}) and 'cls'")
             try:
                 labels.append(int(sample["cls"].decode().strip()))
             except ValueError:

@@ -61,7 +61,6 @@ FORMAT_EXT = {
     "PPM": "ppm",
     "MPO": "jpg",  # multi-picture JPEG from phones: the first frame is a plain JPEG
 }
-IMAGE_EXTS = frozenset(FORMAT_EXT.values()) | {"jpeg"}
 
 
 @dataclass

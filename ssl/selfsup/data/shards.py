@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
-from selfsup.data.decode import REASON_NO_IMAGE, BadSample, decode_rgb
+from selfsup.data.decode import IMAGE_KEYS, REASON_NO_IMAGE, BadSample, decode_rgb
 from selfsup.data.shard_urls import ShardOpenError, check_url, is_remote, open_shard
 from selfsup.errors import DataError
 
@@ -56,7 +56,6 @@ except ImportError:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 # Extensions the reader takes the image from, in order of preference.
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tiff", "tif", "ppm", "img")
 REASON_MISSING_SHARD = "missing_shard"
 REASON_CORRUPT_SHARD = "corrupt_shard"
 REASON_TRANSFORM = "transform_error"

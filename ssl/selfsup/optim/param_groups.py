@@ -1,26 +1,26 @@
-"""Parameter groups: no weight decay on biases and norm parameters (DINO's ``get_params_groups``)."""
+"""Parameter groups: no weight decay on biases and norm parameters (DINO's ``get_params_groups``), via timm."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from timm.optim import param_groups_weight_decay
 from torch import nn
+
+# Besides biases and 1-D parameters (norm scales/shifts), tokens and position embeddings are not decayed.
+NO_WEIGHT_DECAY = ("*pos_embed*", "*token*")
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Split trainable parameters into decayed and not decayed groups.
+    """Split trainable parameters into decayed and not decayed groups (``timm.optim.param_groups_weight_decay``).
 
     Each group carries ``wd_mult`` (1.0 or 0.0); the loop sets ``weight_decay = wd * wd_mult`` from the
-    weight-decay schedule at every step. Frozen parameters (``requires_grad=False``) are left out.
+    weight-decay schedule at every step. Frozen parameters (``requires_grad=False``) are left out, and so are
+    empty groups. The decayed group comes first, as the optimizer state of existing checkpoints expects.
     """
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        # Biases, norm scales/shifts, tokens and position embeddings are 1-D or named so.
-        if p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "token" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "wd_mult": 1.0}, {"params": no_decay, "wd_mult": 0.0, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=NO_WEIGHT_DECAY)[::-1]
+    for group in groups:
+        group["wd_mult"] = group["weight_decay"]
+        if group["wd_mult"]:  # the decayed group keeps the optimizer's default until the loop sets it
+            del group["weight_decay"]
+    return groups
