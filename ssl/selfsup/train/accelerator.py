@@ -38,7 +38,7 @@ def uses_fsdp(accelerator: Accelerator) -> bool:
 
 
 def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, project_dir: str,
-                     log_with: list[str] | None = None) -> Accelerator:
+                     log_with: list[str]) -> Accelerator:
     """Build the run's accelerator.
 
     Args:
@@ -46,7 +46,7 @@ def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, proj
         grad_accum: micro-batches per optimizer step (no all-reduce on the intermediate ones).
         device: ``auto``, ``cpu`` or ``cuda`` (``train.device``).
         project_dir: the run folder (TensorBoard logs go there).
-        log_with: accelerate tracker names (``train.log_with``; default TensorBoard), see :mod:`selfsup.train.trackers`.
+        log_with: accelerate tracker names (``train.log_with``), see :mod:`selfsup.train.trackers`.
     """
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if cpu and mixed_precision == "fp16":  # accelerate would silently train in fp32 on the CPU
@@ -56,7 +56,7 @@ def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, proj
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=grad_accum,
         cpu=cpu,
-        log_with=tracker_list(["tensorboard"] if log_with is None else log_with, project_dir),
+        log_with=tracker_list(log_with, project_dir),
         project_dir=project_dir,
     )
     if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
