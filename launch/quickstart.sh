@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"  # idle OpenMP threads sleep instead of spinning beside data workers
 
 echo "== 1/5 example data: ELPV solar cells -> $OUT/data"
-python -c "from selfsup.data.elpv import prepare_elpv; print(prepare_elpv('$OUT/data'))"
+python -c "from selfsup.examples.elpv import prepare_elpv; print(prepare_elpv('$OUT/data'))"
 
 echo "== 2/5 shards: selfsup shard $OUT/data/unlabelled $OUT/shards"
 rm -rf "$OUT/shards"

@@ -70,3 +70,14 @@ def embed_dim(model: nn.Module) -> int:
     """Width of ``model(x)`` for a ``num_classes=0`` timm model: ``head_hidden_size`` where the pooled features go
     through a head layer before the (removed) classifier (MobileNetV3: 960 -> 1280), else ``num_features``."""
     return int(getattr(model, "head_hidden_size", None) or model.num_features)  # type: ignore[arg-type]
+
+
+def check_crop_sizes(backbone: nn.Module, global_size: int, local_size: int | None) -> None:
+    """Ask the model for its patch size: crops must be a multiple of it (ViT and Swin patch embeddings)."""
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    if not patch or getattr(backbone.patch_embed, "dynamic_img_pad", False):
+        return
+    p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    for key, size in (("views.global_crop_size", global_size), ("views.local_crop_size", local_size)):
+        if size is not None and size % p:
+            raise ConfigError(f"bad value for '{key}': {size} is not a multiple of the model's patch size {p}")

@@ -24,6 +24,7 @@ from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.count import count_samples
 from selfsup.data.shards import expand_shards
 from selfsup.errors import ConfigError
+from selfsup.models.backbone import check_crop_sizes
 from selfsup.train.accelerator import make_accelerator
 from selfsup.train.checkpoint import (
     check_shared_run_dir,
@@ -35,21 +36,10 @@ from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.resume import load_resume_state
 from selfsup.train.step import TrainStep, prepare_training
-from selfsup.train.trackers import start_trackers
+from selfsup.train.trackers import log_metrics, start_trackers
 from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 
 log = logging.getLogger("selfsup")
-
-
-def check_crop_sizes(backbone: torch.nn.Module, global_size: int, local_size: int | None) -> None:
-    """Ask the model for its patch size: crops must be a multiple of it (ViT and Swin patch embeddings)."""
-    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
-    if not patch or getattr(backbone.patch_embed, "dynamic_img_pad", False):
-        return
-    p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
-    for key, size in (("views.global_crop_size", global_size), ("views.local_crop_size", local_size)):
-        if size is not None and size % p:
-            raise ConfigError(f"bad value for '{key}': {size} is not a multiple of the model's patch size {p}")
 
 
 def _cpu_threads(num_workers: int) -> None:
@@ -127,20 +117,13 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     monitor = make_monitor(cfg, run_dir=run_dir, stop_step=stop_step)  # kNN + checkpoints/best (monitor.data)
     guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, step.warmup_steps,
                           last_healthy=resume_dir)
-    scaler = accelerator.scaler  # fp16 only
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
                desc="pretrain", dynamic_ncols=True)
     last: dict[str, Any] = {}
-
-    def emit(record: dict[str, Any]) -> None:
-        if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
-
     if monitor is not None and not resume_dir:  # the score of the initial weights: the baseline to beat
-        emit({"step": 0, **monitor.evaluate(0, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})})
+        log_metrics(accelerator, metrics_path,
+                    {"step": 0, **monitor.evaluate(0, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})})
     t_log, samples_log, t_start, step_start = time.perf_counter(), 0, time.perf_counter(), state.step
     batches = iter(loader)
     method.train()
@@ -163,21 +146,14 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         t_log += knn.get("monitor_s", 0.0)  # images_per_s counts training time only
 
         if knn or state.step % cfg.train.log_every == 0 or state.step == stop_step:
-            loss = accelerator.reduce(out.loss.float(), reduction="mean").item()
+            values = step.log_values(out)
             dt = time.perf_counter() - t_log
-            last = {
-                "step": state.step, "epoch": round(state.step / steps_per_epoch, 4), "loss": loss, "lr": out.lr,
-                "wd": out.wd, "momentum": out.ctx.momentum,
-                **({"teacher_temp": out.ctx.teacher_temp} if out.ctx.teacher_temp is not None else {}),
-                "images_per_s": samples_log * world / max(dt, 1e-9),
-                "grad_norm": float(out.grad_norm), "bad_steps": state.bad_steps_total,
-                "skipped_samples": sum(position.skipped.values()),
-                **({"loss_scale": float(scaler.get_scale())} if scaler is not None else {}),
-                **{k: float(v) for k, v in out.logs.items()}, **knn,
-            }
+            last = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **values,
+                    "images_per_s": samples_log * world / max(dt, 1e-9), "bad_steps": state.bad_steps_total,
+                    "skipped_samples": sum(position.skipped.values()), **knn}
             t_log, samples_log = time.perf_counter(), 0
-            emit(last)
-            bar.set_postfix(loss=f"{loss:.4f}", ips=f"{last['images_per_s']:.0f}",
+            log_metrics(accelerator, metrics_path, last)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.0f}",
                             **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
             guard.observe(state.step, last, accelerator)  # raises on a collapse (train.on_collapse=stop)
 

@@ -134,6 +134,19 @@ class TrainStep:
         return StepSignals(ctx=ctx, lr=lr, wd=wd, loss=out.loss.detach(), grad_norm=grad_norm, logs=out.logs,
                            samples=samples, bad=bad)
 
+    def log_values(self, out: StepSignals) -> dict[str, float]:
+        """``out`` as numbers for ``metrics.jsonl``: the loss averaged over processes (a collective and a host sync:
+        call it on logged steps, on every process), the schedules, the gradient norm, the fp16 loss scale and the
+        method's scalars."""
+        ctx, scaler = out.ctx, self.accelerator.scaler
+        return {
+            "loss": self.accelerator.reduce(out.loss.float(), reduction="mean").item(), "lr": out.lr, "wd": out.wd,
+            "momentum": ctx.momentum, **({"teacher_temp": ctx.teacher_temp} if ctx.teacher_temp is not None else {}),
+            "grad_norm": float(out.grad_norm),
+            **({"loss_scale": float(scaler.get_scale())} if scaler is not None else {}),
+            **{k: float(v) for k, v in out.logs.items()},
+        }
+
     def _bad(self, loss: Tensor, grad_norm: Tensor | float) -> bool:
         """A non-finite loss (or gradient norm without fp16), decided alike on every process: the one host sync."""
         acc = self.accelerator

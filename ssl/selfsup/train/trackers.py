@@ -72,3 +72,12 @@ def start_trackers(accelerator: Accelerator, config: dict[str, Any], run_dir: st
         "wandb": {"name": name, "dir": str(run_dir)},
         "mlflow": {"run_name": name},
     })
+
+
+def log_metrics(accelerator: Accelerator, metrics_path: Path, record: dict[str, Any]) -> None:
+    """On the main process, append ``record`` (with its ``step``) as a line of ``metrics.jsonl`` and send it to the
+    trackers."""
+    if accelerator.is_main_process:
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
