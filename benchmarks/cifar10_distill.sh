@@ -6,8 +6,8 @@
 # Needs the teacher export, the extracted data and the shards that cifar10_methods.sh writes. Output:
 # runs/cifar10_distill/{calibrate,run,export,knn,teacher_knn} and runs/cifar10_distill/results.md.
 # Environment (defaults in brackets):
-#   STUDENT    resnet18 (a CIFAR-size ResNet-18: timm's output_stride=8 keeps a 4x4 map at 32 px, half width),
-#              resnet18_os16, mobilenetv3_small_100 or poolformer_s12                                 [resnet18]
+#   STUDENT    resnet18 (a CIFAR-size ResNet-18: timm's output_stride=16 keeps a 2x2 map at 32 px instead of 1x1),
+#              resnet18_half (half width, output_stride=8: 4x4), mobilenetv3_small_100 or poolformer_s12   [resnet18]
 #   MINUTES    wall-clock cap of the distillation run; its epochs are sized from a short speed calibration  [20]
 #   EPOCHS     fixed number of epochs instead of the calibration (the MINUTES cap still applies)
 #   MAX_TRAIN / MAX_VAL   kNN bank / test images                                                  [10000 / 2000]
@@ -33,11 +33,11 @@ if [ ! -d "$DATA/cifar10/train" ] || [ ! -d "$SHARDS" ]; then
   echo "cifar10_distill.sh: no $DATA/cifar10/train or $SHARDS (benchmarks/cifar10_methods.sh prepares both)" >&2; exit 2
 fi
 case "$STUDENT" in
-  resnet18)              STUDENT_ARGS=(model.name=resnet18 model.args.output_stride=8 "model.args.channels=[32,64,128,256]") ;;
-  resnet18_os16)         STUDENT_ARGS=(model.name=resnet18 model.args.output_stride=16) ;;
+  resnet18)              STUDENT_ARGS=(model.name=resnet18 model.args.output_stride=16) ;;
+  resnet18_half)         STUDENT_ARGS=(model.name=resnet18 model.args.output_stride=8 "model.args.channels=[32,64,128,256]") ;;
   mobilenetv3_small_100) STUDENT_ARGS=(model.name=mobilenetv3_small_100) ;;
   poolformer_s12)        STUDENT_ARGS=(model.name=poolformer_s12) ;;
-  *) echo "cifar10_distill.sh: unknown STUDENT=$STUDENT (resnet18, resnet18_os16, mobilenetv3_small_100, poolformer_s12)" >&2
+  *) echo "cifar10_distill.sh: unknown STUDENT=$STUDENT (resnet18, resnet18_half, mobilenetv3_small_100, poolformer_s12)" >&2
      exit 2 ;;
 esac
 # One 32 px view per image for both (no blur on 32 px images, as cifar10_methods.sh); queue of 2,048 teacher
@@ -55,7 +55,7 @@ if [ -z "${EPOCHS:-}" ]; then  # images/s of this student + teacher on this mach
   EPOCHS=$(python - "$OUT/calibrate/summary.json" "$MINUTES" "$SHARDS" <<'PY'
 import json, sys
 from selfsup.data.count import count_samples
-from selfsup.data.shards import expand_shards
+from selfsup.data.shard_list import expand_shards
 s = json.loads(open(sys.argv[1]).read())
 ips = s["final"]["images_per_s"]  # the last 5 steps: warm, data workers running
 budget_s = float(sys.argv[2]) * 60 * 0.85 - 30  # margin for start-up, checkpoints and a slower machine
