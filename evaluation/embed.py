@@ -28,7 +28,7 @@ from evaluation.features import embed, eval_transform, resolve_device
 from evaluation.models import ModelSource, load_model
 from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.data.decode import IMAGE_EXTENSIONS, IMAGE_KEYS
-from selfsup.data.shards import expand_shards
+from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError
 
 EMBEDDINGS_FILE = "embeddings.safetensors"

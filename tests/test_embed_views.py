@@ -66,7 +66,7 @@ def test_views_png_uses_the_training_loader(tmp_path, monkeypatch):
     assert calls, "the preview must build its transform through selfsup.build like training does"
     assert len(views) == 2 + 2 and [v.shape[-1] for v in views] == [32, 32, 16, 16] and len(keys) == 3
     # exactly the batch the training loader yields for these samples (same seed, same per-sample augmentation)
-    from selfsup.data.shards import expand_shards
+    from selfsup.data.shard_list import expand_shards
 
     loader = build.build_loader(cfg, urls=expand_shards(str(shards)), rank=0, world_size=1, pin_memory=False)
     batch = next(iter(loader))

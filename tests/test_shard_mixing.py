@@ -19,7 +19,9 @@ from PIL import Image
 from selfsup.cli import main as selfsup_main
 from selfsup.build import multicrop_transform, stream_options
 from selfsup.config import DataConfig, ViewsConfig
-from selfsup.data.shards import ShardStream, expand_shards, make_loader
+from selfsup.data.loader import make_loader
+from selfsup.data.shard_list import expand_shards
+from selfsup.data.stream import ShardStream
 
 N_CLASSES, PER_CLASS, PER_SHARD, BATCH = 10, 130, 100, 64
 

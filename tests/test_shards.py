@@ -17,7 +17,10 @@ from PIL import Image
 
 from data_corpus import BOMB_LIMIT, OK, make_bad_corpus
 from selfsup.data.shard_writer import write_shards
-from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_loader
+from selfsup.data.loader import make_loader
+from selfsup.data.position import DataPosition
+from selfsup.data.shard_list import expand_shards
+from selfsup.data.stream import ShardStream
 from selfsup.build import multicrop_transform, stream_options
 from selfsup.config import DataConfig, ViewsConfig
 from selfsup.errors import DataError

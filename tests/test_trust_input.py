@@ -26,7 +26,10 @@ from selfsup.config import DataConfig, load_config
 from selfsup.data.count import count_samples
 from selfsup.data.labelled import open_labelled
 from selfsup.data.shard_urls import ShardOpenError
-from selfsup.data.shards import DataPosition, ShardStream, expand_shards, make_loader
+from selfsup.data.loader import make_loader
+from selfsup.data.position import DataPosition
+from selfsup.data.shard_list import expand_shards
+from selfsup.data.stream import ShardStream
 from selfsup.errors import ConfigError, DataError
 from tests.pipeline_utils import make_image_folder
 

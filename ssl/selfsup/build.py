@@ -61,7 +61,7 @@ def multicrop_transform(v: ViewsConfig):
 
 
 def stream_options(data: DataConfig) -> dict[str, Any]:
-    """The :class:`~selfsup.data.shards.ShardStream` keyword arguments that a ``data`` section sets."""
+    """The :class:`~selfsup.data.stream.ShardStream` keyword arguments that a ``data`` section sets."""
     return dict(shuffle_buffer=data.shuffle_buffer, interleave=data.shard_interleave,
                 max_bad_fraction=data.max_bad_fraction, bad_window=data.bad_window,
                 max_sample_bytes=data.max_sample_bytes, allow_pipe=data.allow_pipe)
@@ -73,7 +73,8 @@ def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, po
     ``position`` (a ``DataPosition`` loaded from a checkpoint) makes the stream continue exactly where it stopped;
     ``None`` or an empty one starts at epoch 0.
     """
-    from selfsup.data.shards import ShardStream, make_loader
+    from selfsup.data.loader import make_loader
+    from selfsup.data.stream import ShardStream
 
     transform = build_transform(cfg)
     dataset = ShardStream(

@@ -156,7 +156,8 @@ def calibration_batches(model: torch.nn.Module, shards: str, *, batches: int, ba
     """The first ``batches * batch_size`` images of ``shards`` (in order), with the export's eval preprocessing."""
     from selfsup.build import stream_options
     from selfsup.config import DataConfig
-    from selfsup.data.shards import ShardStream, expand_shards
+    from selfsup.data.shard_list import expand_shards
+    from selfsup.data.stream import ShardStream
 
     urls = expand_shards(shards, strict=True)
     tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model), is_training=False)

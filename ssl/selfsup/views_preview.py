@@ -1,7 +1,7 @@
 """``selfsup views``: a picture of the exact crops the training loader feeds, before paying for a run.
 
 The crops come from :func:`selfsup.build.build_loader`, the same call the training loop makes (same
-``build_transform``, same :class:`~selfsup.data.shards.ShardStream` with its per-sample seeding from
+``build_transform``, same :class:`~selfsup.data.stream.ShardStream` with its per-sample seeding from
 ``(run.seed, epoch, key)``), with only the batch size set to ``n`` and the loader kept in the main
 process. So each sample's views are bit for bit the ones training would compute for that sample in
 epoch 0, whatever the number of processes and workers (those only decide *which* samples a process
@@ -30,7 +30,7 @@ def training_views(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[str]]:
         the ``n`` sample keys.
     """
     from selfsup.build import build_loader
-    from selfsup.data.shards import expand_shards
+    from selfsup.data.shard_list import expand_shards
 
     if n < 1:
         raise ConfigError(f"--n {n}; expected a positive number of samples")

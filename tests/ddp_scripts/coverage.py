@@ -10,7 +10,9 @@ from accelerate import Accelerator
 
 from selfsup.build import stream_options
 from selfsup.config import DataConfig
-from selfsup.data.shards import ShardStream, expand_shards, make_loader
+from selfsup.data.loader import make_loader
+from selfsup.data.shard_list import expand_shards
+from selfsup.data.stream import ShardStream
 
 
 def main(shards: str, out: str) -> None:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from selfsup.data.decode import IMAGE_EXTENSIONS, IMAGE_KEYS, BadSample, decode_rgb, to_rgb
-from selfsup.data.shards import expand_shards
+from selfsup.data.shard_list import expand_shards
 from selfsup.errors import DataError
 
 logger = logging.getLogger(__name__)

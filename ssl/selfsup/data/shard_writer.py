@@ -1,6 +1,6 @@
 """Write an image folder or a Hugging Face dataset to webdataset tar shards.
 
-Shards are the one input format of the training reader (:mod:`selfsup.data.shards`): sequential
+Shards are the one input format of the training reader (:mod:`selfsup.data.stream`): sequential
 reads, no per-file metadata lookups, and a stable ``__key__`` per sample so that positions and
 skipped files can be named in logs. Encoded images are stored byte-for-byte (never re-encoded),
 under the extension of their real format (``jpg``, ``png``, ...), plus ``cls`` (an int) when the

@@ -9,12 +9,12 @@ Self-supervised pretraining is step-based and runs for days, so the reader has t
    ``(seed, epoch, slot, key)``; nothing depends on what happened before.
 3. **Resumable**: a batch carries ``(epoch, offset)`` of its worker; restarting from that
    position regenerates the epoch, fast-forwards ``offset`` raw samples through the shuffle buffer
-   without decoding, and continues bit-identically (:class:`DataPosition` keeps these positions in
-   the training checkpoint).
+   without decoding, and continues bit-identically (:class:`~selfsup.data.position.DataPosition` keeps
+   these positions in the training checkpoint).
 
 Broken data never kills a run: unreadable shards and undecodable samples are skipped, counted
 by reason and logged with their key, until more than ``max_bad_fraction`` of a sliding window of
-samples is bad, which means the data itself is wrong (:class:`~selfsup.errors.DataError`).
+samples is bad, which means the data itself is wrong (:mod:`selfsup.data.skips`).
 
 Shape legend: b = batch (per process), c = channels, h/w = view height/width.
 """
@@ -22,104 +22,30 @@ Shape legend: b = batch (per process), c = channels, h/w = view height/width.
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
-import logging
-import os
 import random
 import re
 import tarfile
-from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count, islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys
 
 from selfsup.data.decode import IMAGE_KEYS, REASON_NO_IMAGE, BadSample, decode_rgb
-from selfsup.data.shard_urls import ShardOpenError, check_url, is_remote, open_shard
+from selfsup.data.shard_urls import check_url, open_shard
+from selfsup.data.skips import REASON_MEMBER_TOO_LARGE, REASON_TRANSFORM, SkipTracker
 from selfsup.errors import DataError
 
-try:  # webdataset depends on braceexpand; fall back to no expansion if it ever does not
-    from braceexpand import braceexpand
-except ImportError:  # pragma: no cover
-    def braceexpand(pattern: str) -> Iterator[str]:  # type: ignore[misc]
-        yield pattern
-
-logger = logging.getLogger(__name__)
-
-# Extensions the reader takes the image from, in order of preference.
-REASON_MISSING_SHARD = "missing_shard"
-REASON_CORRUPT_SHARD = "corrupt_shard"
-REASON_TRANSFORM = "transform_error"
-REASON_UNREACHABLE = "unreachable_shard"
-REASON_TOO_LARGE = "too_large"
 # A slot that sees no sample in this many epochs in a row has no data: fail instead of spinning.
 MAX_EMPTY_EPOCHS = 20
-LOG_FIRST_SKIPS = 20
-LOG_EVERY_SKIPS = 1000
 WDS_META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta: members that are not sample data
-
-
-def expand_shards(
-    spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, strict: bool = False, allow_pipe: bool = False
-) -> list[str]:
-    """Resolve a shard spec to a list of tar paths.
-
-    Args:
-        spec: a brace pattern (``data/shard-{000000..000099}.tar``), a glob (``data/*.tar``), a directory (all
-            ``*.tar`` in it, sorted), a text file with one path per line (relative paths are relative to the
-            file; blank lines and ``#`` comments ignored), or a list of any of these.
-        strict: a missing shard is an error instead of a warning (evaluation: a missing shard would silently
-            change the dataset).
-        allow_pipe: accept ``pipe:CMD`` URLs (they run CMD in a shell); refused by default.
-
-    Returns:
-        Existing shard paths (and remote ``scheme://`` / ``pipe:`` URLs, unchecked), in order.
-        Missing files are skipped with a warning that counts them (unless ``strict``).
-
-    Raises:
-        DataError: nothing at all is left, (``strict``) a shard is missing, or a ``pipe:`` URL without
-            ``allow_pipe`` (naming the line of the list file).
-    """
-    specs = [spec] if isinstance(spec, str | os.PathLike) else list(spec)
-    candidates: list[str] = []
-    for one in specs:
-        s = os.fspath(one)
-        p = Path(s)
-        if p.is_dir():
-            candidates.extend(sorted(str(t) for t in p.glob("*.tar")))
-        elif p.is_file() and not tarfile.is_tarfile(s) and p.suffix not in (".tar", ".tgz", ".gz"):
-            for lineno, line in enumerate(p.read_text(errors="replace").splitlines(), 1):
-                line = line.split("#", 1)[0].strip()
-                for u in braceexpand(line) if line else ():
-                    check_url(u, allow_pipe=allow_pipe, where=f"{p}:{lineno}")
-                    candidates.append(u if is_remote(u) or os.path.isabs(u) else str(p.parent / u))
-        elif "{" not in s and any(c in s for c in "*?[") and not p.exists():
-            candidates.extend(sorted(glob.glob(s)))
-        else:
-            for u in braceexpand(s):
-                check_url(u, allow_pipe=allow_pipe, where="shard spec")
-                candidates.append(u)
-    found = [u for u in candidates if is_remote(u) or os.path.isfile(u)]
-    found_set = set(found)
-    missing = [u for u in candidates if u not in found_set]
-    if missing and strict:
-        shown = os.fspath(spec) if isinstance(spec, str | os.PathLike) else [os.fspath(s) for s in spec]
-        raise DataError(f"{shown}: shard file {missing[0]!r} not found; expected .tar shards")
-    if missing:
-        logger.warning("%d of %d shards are missing and skipped (first: %s)", len(missing), len(candidates), missing[0])
-    if not found:
-        shown = os.fspath(spec) if isinstance(spec, str | os.PathLike) else [os.fspath(s) for s in spec]
-        raise DataError(f"{shown}: no shard files found")
-    return found
 
 
 def stable_seed(*parts: object) -> int:
@@ -145,14 +71,6 @@ def _seeded_rngs(seed: int, *, restore: bool) -> Iterator[None]:
             torch.set_rng_state(saved[0])
             random.setstate(saved[1])
             np.random.set_state(saved[2])
-
-
-def _shard_error_reason(exn: BaseException) -> str:
-    if isinstance(exn, ShardOpenError):
-        return REASON_UNREACHABLE
-    if isinstance(exn, FileNotFoundError):
-        return REASON_MISSING_SHARD
-    return REASON_CORRUPT_SHARD
 
 
 @dataclass(frozen=True)
@@ -244,7 +162,7 @@ class ShardStream(IterableDataset):
         allow_pipe: bool,
     ) -> None:
         """Args:
-        urls: shard paths (see :func:`expand_shards`).
+        urls: shard paths (see :func:`selfsup.data.shard_list.expand_shards`).
         transform: PIL RGB image -> list of view tensors, e.g. ``MultiCropTransform``.
         batch_size: samples per batch in this process.
         seed: run seed; shard order, shuffle and augmentations derive from it.
@@ -253,7 +171,7 @@ class ShardStream(IterableDataset):
         interleave: shards each worker reads at once, a sample from each in turn.
         start_positions: ``{worker: (epoch, offset)}`` to resume from (``DataPosition.start_positions()``).
         first_worker: worker whose batch comes first after a resume (``DataPosition.next_worker``);
-            used by :func:`make_loader` to keep the round-robin order.
+            used by :func:`selfsup.data.loader.make_loader` to keep the round-robin order.
         draft_size: decode JPEGs at reduced size, at least this big (see ``decode_rgb``).
         max_bad_fraction, bad_window: fail when more than ``max_bad_fraction * bad_window`` of the
             last ``bad_window`` samples were bad.
@@ -288,14 +206,11 @@ class ShardStream(IterableDataset):
             check_url(url, allow_pipe=allow_pipe, where="urls")
 
     # ------------------------------------------------------------------ raw samples
-    def _read_shard(self, url: str, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+    def _read_shard(self, url: str, skips: SkipTracker) -> Iterator[dict[str, Any]]:
         """Samples of one tar file; shard-level errors are counted, never raised."""
 
         def handler(exn: BaseException) -> bool:
-            reason = _shard_error_reason(exn)
-            skips[reason] += 1
-            logger.warning("skipping the rest of shard %s (%s): %s", url, reason, exn)
-            return True
+            return skips.shard_error(url, exn)
 
         try:
             stream = open_shard(url, allow_pipe=self.allow_pipe)
@@ -315,12 +230,12 @@ class ShardStream(IterableDataset):
             return shards[s::total], 1, 0
         return [shards[s % n]], len(range(s % n, total, n)), s // n
 
-    def _one_shard(self, url: str, k: int, r: int, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+    def _one_shard(self, url: str, k: int, r: int, skips: SkipTracker) -> Iterator[dict[str, Any]]:
         for index, sample in enumerate(self._read_shard(url, skips)):
             if index % k == r:
                 yield sample
 
-    def _raw_samples(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+    def _raw_samples(self, epoch: int, slot: _Slot, skips: SkipTracker) -> Iterator[dict[str, Any]]:
         """This slot's samples, taken in turn from up to ``interleave`` open shards (so that shards written
         in class order still mix before the shuffle buffer)."""
         shards, k, r = self._epoch_shards(epoch, slot)
@@ -338,7 +253,7 @@ class ShardStream(IterableDataset):
                 else:
                     yield sample
 
-    def _shuffled(self, epoch: int, slot: _Slot, skips: Counter[str]) -> Iterator[dict[str, Any]]:
+    def _shuffled(self, epoch: int, slot: _Slot, skips: SkipTracker) -> Iterator[dict[str, Any]]:
         """Raw samples of ``epoch`` through the seeded shuffle buffer."""
         raw = self._raw_samples(epoch, slot, skips)
         if self.shuffle_buffer <= 1:
@@ -360,7 +275,8 @@ class ShardStream(IterableDataset):
     def _views(self, sample: dict[str, Any], epoch: int, restore_rng: bool) -> list[Tensor]:
         big = next((v for v in sample.values() if isinstance(v, _TooLarge)), None)
         if big is not None:
-            raise BadSample(REASON_TOO_LARGE, f"a member of {big.size} bytes > data.max_sample_bytes={big.limit}")
+            raise BadSample(REASON_MEMBER_TOO_LARGE,
+                            f"a member of {big.size} bytes > data.max_sample_bytes={big.limit}")
         data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
         if data is None:
             raise BadSample(REASON_NO_IMAGE, f"members: {sorted(k for k in sample if not k.startswith('__'))}")
@@ -379,9 +295,7 @@ class ShardStream(IterableDataset):
 
     def _batches(self, slot: _Slot, *, restore_rng: bool) -> Iterator[dict[str, Any]]:
         start_epoch, start_offset = self.start_positions.get(slot.worker, (0, 0))
-        skips: Counter[str] = Counter()
-        window: deque[str | None] = deque(maxlen=self.bad_window)
-        n_skipped = 0
+        skips = SkipTracker(max_bad_fraction=self.max_bad_fraction, bad_window=self.bad_window, slot=slot.index)
         batch: list[tuple[str, list[Tensor], int | None, int]] = []
         empty_epochs = 0
         for epoch in count(start_epoch):
@@ -390,7 +304,7 @@ class ShardStream(IterableDataset):
             if epoch == start_epoch and start_offset:
                 # Fast-forward without decoding; its shard errors were reported before the checkpoint.
                 offset = sum(1 for _ in islice(stream, start_offset))
-                skips.clear()
+                skips.take()
             seen = 0
             for sample in stream:
                 offset += 1
@@ -399,39 +313,23 @@ class ShardStream(IterableDataset):
                 try:
                     views = self._views(sample, epoch, restore_rng)
                 except BadSample as bad:
-                    skips[bad.reason] += 1
-                    n_skipped += 1
-                    window.append(bad.reason)
-                    if n_skipped <= LOG_FIRST_SKIPS or n_skipped % LOG_EVERY_SKIPS == 0:
-                        logger.warning("skipped sample %s in %s (%s) [%d skipped so far in slot %d]",
-                                       key, sample.get("__url__"), bad, n_skipped, slot.index)
-                    self._check_bad(window)
+                    skips.bad_sample(key, sample.get("__url__"), bad)  # raises when too many are bad
                     continue
-                window.append(None)
+                skips.good_sample()
                 batch.append((key, views, _parse_cls(sample.get("cls")), epoch))
                 if len(batch) == self.batch_size:
                     yield _collate(batch, meta={
                         "rank": slot.rank, "slot": slot.index, "worker": slot.worker,
-                        "epoch": epoch, "offset": offset, "skipped": dict(skips),
+                        "epoch": epoch, "offset": offset, "skipped": skips.take(),
                     })
                     batch = []
-                    skips.clear()
             empty_epochs = 0 if seen else empty_epochs + 1
             if empty_epochs >= MAX_EMPTY_EPOCHS:
                 raise DataError(
                     f"slot {slot.index} of {slot.count} (rank {slot.rank}, worker {slot.worker}) got no samples in "
-                    f"{MAX_EMPTY_EPOCHS} epochs from {len(self.urls)} shards (skipped: {dict(skips)}); "
+                    f"{MAX_EMPTY_EPOCHS} epochs from {len(self.urls)} shards (skipped: {dict(skips.counts)}); "
                     "check the shards or use fewer workers"
                 )
-
-    def _check_bad(self, window: deque[str | None]) -> None:
-        bad = [r for r in window if r is not None]
-        if len(bad) > self.max_bad_fraction * self.bad_window:
-            reasons = ", ".join(f"{k}={v}" for k, v in Counter(bad).most_common())
-            raise DataError(
-                f"{len(bad)} of the last {len(window)} samples were bad ({reasons}); "
-                "check the shards or raise data.max_bad_fraction"
-            )
 
 
 def _parse_cls(value: Any) -> int | None:
@@ -450,109 +348,3 @@ def _collate(samples: list[tuple[str, list[Tensor], int | None, int]], *, meta: 
     cls = None if any(c is None for c in labels) else torch.tensor(labels, dtype=torch.long)
     meta = dict(meta, sample_epochs=[s[3] for s in samples])
     return {"views": views, "keys": [s[0] for s in samples], "cls": cls, "meta": meta}
-
-
-class DataPosition:
-    """Where each worker of this process is in the stream, plus skip counts; lives in the checkpoint.
-
-    Call :meth:`update` with ``batch["meta"]`` for every batch the training loop consumes; on resume,
-    pass :meth:`start_positions` and :attr:`next_worker` to a new :class:`ShardStream`. The numbers of
-    workers and processes are part of the position (they decide which samples each worker reads), so
-    loading a state saved with different ones raises :class:`~selfsup.errors.DataError`.
-    """
-
-    def __init__(self, *, num_workers: int, world_size: int = 1, rank: int = 0) -> None:
-        self.num_workers = max(1, num_workers)  # num_workers=0 reads as worker 0 of 1
-        self.world_size = world_size
-        self.rank = rank
-        self.positions: dict[int, tuple[int, int]] = {}
-        self.skipped: Counter[str] = Counter()
-        self.batches = 0
-        self.next_worker = 0
-
-    def update(self, meta: dict[str, Any]) -> None:
-        """Record a consumed batch's ``meta``."""
-        worker = int(meta["worker"])
-        self.positions[worker] = (int(meta["epoch"]), int(meta["offset"]))
-        self.skipped.update(meta.get("skipped", {}))
-        self.batches += 1
-        self.next_worker = (worker + 1) % self.num_workers
-
-    def start_positions(self) -> dict[int, tuple[int, int]]:
-        """``{worker: (epoch, offset)}`` for ``ShardStream(start_positions=...)``."""
-        return dict(self.positions)
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able state (ints and strings only)."""
-        return {
-            "num_workers": self.num_workers,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "positions": {str(w): [e, o] for w, (e, o) in sorted(self.positions.items())},
-            "skipped": dict(self.skipped),
-            "batches": self.batches,
-            "next_worker": self.next_worker,
-        }
-
-    def layout_mismatches(self, state: dict[str, Any]) -> list[tuple[str, int, int]]:
-        """``(name, saved, mine)`` for each of the worker and process counts that differ from a :meth:`state_dict`."""
-        return [(name, int(state[name]), mine) for name, mine in
-                (("num_workers", self.num_workers), ("world_size", self.world_size)) if int(state[name]) != mine]
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the worker and process counts must match this run's."""
-        mismatches = self.layout_mismatches(state)
-        if mismatches:
-            name, saved, mine = mismatches[0]
-            raise DataError(
-                f"data position: checkpoint was saved with {name}={saved} but this run has {name}={mine}; "
-                f"resume with {name}={saved} to continue the exact sample stream"
-            )
-        self.positions = {int(w): (int(e), int(o)) for w, (e, o) in state["positions"].items()}
-        self.skipped = Counter({str(k): int(v) for k, v in state.get("skipped", {}).items()})
-        self.batches = int(state.get("batches", 0))
-        self.next_worker = int(state.get("next_worker", 0))
-
-
-class _RoundRobinLoader(DataLoader):
-    """A DataLoader whose batch order starts at worker ``first_worker`` instead of 0.
-
-    DataLoader always takes the first batch from worker 0; after a resume the next batch must come
-    from the worker after the last consumed one, or the order of batches would change. Batches of
-    the other workers wait in a queue (at most ``num_workers - 1`` of them).
-    """
-
-    first_worker: int = 0
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        it = super().__iter__()
-        if self.num_workers <= 1 or self.first_worker % self.num_workers == 0:
-            yield from it
-            return
-        queues: dict[int, deque[Any]] = {w: deque() for w in range(self.num_workers)}
-        want = self.first_worker % self.num_workers
-        for batch in it:
-            queues[int(batch["meta"]["worker"])].append(batch)
-            while queues[want]:
-                yield queues[want].popleft()
-                want = (want + 1) % self.num_workers
-
-
-def make_loader(
-    dataset: ShardStream,
-    *,
-    num_workers: int,
-    pin_memory: bool,
-    prefetch_factor: int = 2,
-    persistent_workers: bool = True,
-) -> DataLoader:
-    """A DataLoader over a :class:`ShardStream` (batches are made in the workers: ``batch_size=None``).
-
-    ``num_workers=0`` reads in the main process as worker 0 of 1.
-    """
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
-    loader = _RoundRobinLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)
-    loader.first_worker = getattr(dataset, "first_worker", 0)
-    return loader

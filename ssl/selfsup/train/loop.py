@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.count import count_samples
-from selfsup.data.shards import expand_shards
+from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError
 from selfsup.models.backbone import check_crop_sizes
 from selfsup.train.accelerator import make_accelerator

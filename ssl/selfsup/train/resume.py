@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from selfsup.data.shards import DataPosition
+from selfsup.data.position import DataPosition
 from selfsup.errors import ConfigError, DataError
 from selfsup.train.state import TrainState
 

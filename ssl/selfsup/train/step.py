@@ -46,7 +46,8 @@ def compile_backbones(method: nn.Module) -> None:
             module.compile()
 
 
-def prepare_training(cfg: Config, accelerator: Accelerator, method: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
+def prepare_training(cfg: Config, accelerator: Accelerator,
+                     method: nn.Module) -> tuple[nn.Module, torch.optim.Optimizer]:
     """SyncBatchNorm (``train.sync_bn``), ``torch.compile`` (``train.compile``), AdamW over :func:`param_groups`
     and ``accelerator.prepare``; returns the prepared method and optimizer."""
     if cfg.train.sync_bn:
