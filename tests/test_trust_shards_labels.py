@@ -20,6 +20,7 @@ from data_corpus import BOMB_LIMIT, OK, make_bad_corpus
 from evaluation.detection.data import load_detection_dataset
 from selfsup.cli import main as selfsup_main
 from selfsup.data.labelled import open_labelled
+from selfsup.data.shard_sources import sanitize_key
 from selfsup.data.shard_writer import MANIFEST, write_shards
 from selfsup.errors import DataError
 
@@ -133,7 +134,7 @@ def test_writer_decodes_and_counts_every_file(tmp_path, monkeypatch):
     import webdataset as wds
 
     keys = {s["__key__"] for s in wds.WebDataset(summary.paths, shardshuffle=False)}
-    assert keys == {shard_writer.sanitize_key(n) for n, outcome in expected.items() if outcome == OK}
+    assert keys == {sanitize_key(n) for n, outcome in expected.items() if outcome == OK}
     assert summary.skipped == dict(Counter(o for o in expected.values() if o != OK))
     assert summary.skipped["truncated"] == 1 and summary.skipped["decompression_bomb"] == 1
     assert summary.seen == len(expected) == summary.samples + sum(summary.skipped.values())
