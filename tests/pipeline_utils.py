@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from launch_utils import merge_overrides
+from tests.launch_utils import merge_overrides
 from selfsup.config import Config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
