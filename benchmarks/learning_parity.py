@@ -61,14 +61,14 @@ def _views(cfg) -> DINOTransform:
 def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
     """The plain loop: DataLoader(shuffle=True), lightly heads + loss + update_momentum, AdamW, bf16 autocast."""
     torch.manual_seed(seed)
-    backbone = timm.create_model(cfg.model.name, num_classes=0, drop_path_rate=cfg.model.drop_path_rate,
-                                 **OmegaConf.to_container(cfg.model.args))
+    model_args = {**OmegaConf.to_container(cfg.model.args), "dynamic_img_size": True}  # ViT: local crops too
+    backbone = timm.create_model(cfg.model.name, num_classes=0, drop_path_rate=cfg.model.drop_path_rate, **model_args)
     dim = backbone.num_features
     if method == "dino":
         d = cfg.method.dino
         student = torch.nn.Sequential(backbone, DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
                                                                    freeze_last_layer=1, norm_last_layer=d.norm_last_layer))
-        teacher = torch.nn.Sequential(timm.create_model(cfg.model.name, num_classes=0, **OmegaConf.to_container(cfg.model.args)),
+        teacher = torch.nn.Sequential(timm.create_model(cfg.model.name, num_classes=0, **model_args),
                                       DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
                                                          norm_last_layer=d.norm_last_layer))
         teacher.load_state_dict(student.state_dict())
@@ -128,18 +128,18 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
     seconds = time.perf_counter() - t0
     size = cfg.views.global_crop_size
     timm.models.save_for_hf(export_model.eval(), str(out / "export"), safe_serialization=True,
-                            model_args=OmegaConf.to_container(cfg.model.args),
+                            model_args=model_args,
                             data_config={"input_size": (3, size, size), "mean": tuple(cfg.views.mean),
                                          "std": tuple(cfg.views.std), "crop_pct": 1.0, "interpolation": "bicubic"})
     return {"steps": step, "images_per_s": step * cfg.train.batch_size / seconds}
 
 
-def knn_top1(export: Path, out: Path) -> tuple[float, float]:
+def knn_top1(export: Path, out: Path, max_train: int, max_val: int) -> tuple[float, float]:
     """kNN top-1 (k=20) of the export and of its random init, in %."""
     c10 = DATA / "data" / "cifar10"
     subprocess.run(["selfsup-eval", "knn", "--weights", str(export), "--train", str(c10 / "train"), "--val",
                     str(c10 / "test"), "--out", str(out), "--label-fractions", "1.0", "--seeds", "1",
-                    "--max-train", "10000", "--max-val", "2000"], check=True)
+                    "--max-train", str(max_train), "--max-val", str(max_val)], check=True)
     runs = json.loads((out / "knn.json").read_text())["runs"]
     top1 = {r["model"]: 100 * r["top1"] for r in runs if r["k"] == 20}
     return top1["pretrained"], top1["random_init"]
@@ -151,6 +151,8 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=float, default=3)
     p.add_argument("--out", default="runs/learning_parity")
+    p.add_argument("--max-train", type=int, default=10000, help="kNN train images (10,000 for the README table)")
+    p.add_argument("--max-val", type=int, default=2000, help="kNN test images (2,000 for the README table)")
     args = p.parse_args()
     out = Path(args.out)
     rows = []
@@ -160,8 +162,8 @@ def main() -> int:
             summary = run_ours(method, seed, args.epochs, base / "ours")
             cfg = OmegaConf.load(base / "ours" / "run" / "config.yaml")
             ref = run_reference(method, seed, cfg, summary["steps"], base / "reference")
-            ours_top1, rand = knn_top1(base / "ours" / "export", base / "ours" / "knn")
-            ref_top1, _ = knn_top1(base / "reference" / "export", base / "reference" / "knn")
+            ours_top1, rand = knn_top1(base / "ours" / "export", base / "ours" / "knn", args.max_train, args.max_val)
+            ref_top1, _ = knn_top1(base / "reference" / "export", base / "reference" / "knn", args.max_train, args.max_val)
             rows.append({"method": method, "seed": seed, "steps": summary["steps"], "random_init": rand,
                          "ours": ours_top1, "reference": ref_top1, "ours_images_per_s": summary["images_per_s"],
                          "reference_images_per_s": ref["images_per_s"]})
