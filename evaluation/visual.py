@@ -93,7 +93,7 @@ def run_visual(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
         if supports_attention_maps(model):
             attn = cls_attention(model, x).cpu()  # (b, H, h, w), sums to 1 over patches
             attention[source.name] = (attn.numpy(), top_mass_mask(attn).numpy())
-        if hasattr(model, "forward_features"):
+        if hasattr(model, "forward_features") and source.kind != "onnx":  # an ONNX file gives pooled features only
             pca[source.name] = pca_rgb(spatial_features(model, x).cpu()).numpy()
         kw = dict(cache_dir=out / "cache", batch_size=batch_size, num_workers=num_workers, device=dev)
         tr, va = cached_features(loaded, data.train, **kw), cached_features(loaded, data.val, **kw)

@@ -296,3 +296,16 @@ def test_sync_bn_converts_head_batchnorms_only_under_multi_gpu_ddp():
     assert not any(type(m) is torch.nn.BatchNorm1d for m in method.modules())
     assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in method.modules()) == n_bn
     assert {k: v.shape for k, v in method.state_dict().items()} == keys
+
+
+@pytest.mark.parametrize("name", ["dino", "mocov3", "moby", "simclr"])
+def test_heads_take_the_pooled_width_of_cnns_with_a_head_layer(name):
+    """MobileNetV3's pooled output goes through a 1x1 head conv (576 -> 1024 for the small one): the heads must be
+    sized by the pooled width, not by ``num_features``."""
+    file = "dino_vit_tiny_cpu.yaml" if name == "dino" else f"{name}_tiny_cpu.yaml"
+    cfg = load_config(ROOT / "configs" / file, ["views.n_local=0", "views.global_crop_size=32"])
+    cfg.model.name, cfg.model.args = "mobilenetv3_small_100", {}  # the configs' ViT args do not apply to a CNN
+    cfg.method.mocov3.freeze_patch_embed = False  # a CNN has no patch embedding
+    m = build_method(cfg)
+    x = [torch.randn(2, 3, 32, 32) for _ in range(2)]
+    assert torch.isfinite(m.train()(x, m.step_context(0, 10, 100)).loss)

@@ -22,6 +22,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
 from selfsup.methods._signals import embed_std_logs
+from selfsup.models.backbone import embed_dim
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.models.multicrop import forward_multicrop
 from selfsup.optim.schedules import linear_warmup
@@ -64,7 +65,7 @@ class DINO(nn.Module):
         freeze_last_layer_epochs: float,
     ) -> None:
         super().__init__()
-        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
         self.n_global = n_global
         self.out_dim = out_dim
         self.warmup_teacher_temp = warmup_teacher_temp

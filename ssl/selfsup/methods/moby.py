@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods._signals import embed_std_logs
+from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.registry import register
@@ -90,7 +91,7 @@ class MoBY(nn.Module):
         queue_size: int,
     ) -> None:
         super().__init__()
-        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
         self.temperature = temperature
         self.momentum = momentum
         self.backbone = backbone

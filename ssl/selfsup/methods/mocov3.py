@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from selfsup.errors import ConfigError
 from selfsup.methods._signals import embed_std_logs
+from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
 from selfsup.registry import register
@@ -123,7 +124,7 @@ class MoCoV3(nn.Module):
         freeze_patch_embed: bool,
     ) -> None:
         super().__init__()
-        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
         if freeze_patch_embed:
             freeze_patch_embedding(backbone)
         self.temperature = temperature

@@ -21,6 +21,7 @@ from lightly.models.modules import SimCLRProjectionHead
 from torch import Tensor, nn
 
 from selfsup.methods._signals import embed_std_logs
+from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput
 from selfsup.registry import register
@@ -41,7 +42,7 @@ class SimCLR(nn.Module):
         self, backbone: nn.Module, *, proj_hidden_dim: int, out_dim: int, temperature: float
     ) -> None:
         super().__init__()
-        dim = int(backbone.num_features)  # type: ignore[arg-type]
+        dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
         self.backbone = backbone
         self.projection_head = SimCLRProjectionHead(dim, proj_hidden_dim, out_dim, num_layers=2, batch_norm=True)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
