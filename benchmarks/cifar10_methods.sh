@@ -39,8 +39,8 @@ for m in "${METHODS[@]}"; do
   case "$m" in
     dino)   args=(configs/dino_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-8}") ;;
     simclr) args=(configs/simclr_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-10}") ;;
-    mocov3) args=(configs/mocov3_tiny_cpu.yaml "${SMALL[@]}" "${VIT[@]}" train.epochs="${EPOCHS:-8}") ;;
-    moby)   args=(configs/moby_tiny_cpu.yaml "${SMALL[@]}" train.epochs="${EPOCHS:-8}") ;;  # its small Swin, 32 px
+    mocov3) args=(configs/mocov3_tiny_cpu.yaml "${SMALL[@]}" "${VIT[@]}" train.epochs="${EPOCHS:-5}") ;;
+    moby)   args=(configs/moby_tiny_cpu.yaml "${SMALL[@]}" train.epochs="${EPOCHS:-25}") ;;  # its small Swin, 32 px
     *) echo "unknown method $m" >&2; exit 2 ;;
   esac
   echo "== $m: pretrain ${args[*]} ${COMMON[*]}"
