@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 
 import jsonschema
-import numpy as np
 import pytest
-import timm
 import torch
-from PIL import Image
 
 from evaluation.cli import main
 from evaluation.models import load_model, model_sources
 from evaluation.report import SCHEMA_PATH
-
-COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+from tests.visual_utils import make_visual_setup
 
 
 @pytest.fixture(autouse=True)
@@ -27,22 +23,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 3)):
-        for c, colour in enumerate(COLOURS):
-            d = root / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(n):
-                a = np.clip(np.array(colour)[None, None] + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(a).save(d / f"{i}.png")
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=16, patch_size=8, depth=2,
-                              dynamic_img_size=True)
-    timm.models.save_for_hf(model, root / "export", safe_serialization=True,
-                            model_config={"selfsup": {"method": "dino", "step": 7, "run_dir": None}},
-                            data_config={"input_size": (3, 16, 16), "crop_pct": 1.0})
-    return root
+    return make_visual_setup(tmp_path_factory.mktemp("e2e"), size=20, img_size=16)
 
 
 def args(root, out, *extra):

@@ -12,8 +12,9 @@ from PIL import Image
 COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
 
 
-def make_visual_setup(root: Path, *, n_train: int = 6, n_val: int = 3, size: int = 40) -> Path:
-    """``root/{train,val}/class{c}/{i}.png`` (noisy solid colours) and ``root/export`` (timm save_for_hf)."""
+def make_visual_setup(root: Path, *, n_train: int = 6, n_val: int = 3, size: int = 40, img_size: int = 32) -> Path:
+    """``root/{train,val}/class{c}/{i}.png`` (noisy solid colours, ``size`` px) and ``root/export`` (timm save_for_hf:
+    a 2-block ViT-Tiny with 8 px patches at ``img_size``)."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("val", n_val)):
         for c, colour in enumerate(COLOURS):
@@ -23,9 +24,9 @@ def make_visual_setup(root: Path, *, n_train: int = 6, n_val: int = 3, size: int
                 a = np.clip(np.array(colour)[None, None] + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(a).save(d / f"{i}.png")
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=8, depth=2,
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=img_size, patch_size=8, depth=2,
                               dynamic_img_size=True)
     timm.models.save_for_hf(model, root / "export", safe_serialization=True,
                             model_config={"selfsup": {"method": "dino", "step": 7, "run_dir": None}},
-                            data_config={"input_size": (3, 32, 32), "crop_pct": 1.0})
+                            data_config={"input_size": (3, img_size, img_size), "crop_pct": 1.0})
     return root
