@@ -37,9 +37,10 @@ SMALL=(views.global_crop_size=32 "views.global_crop_scale=[0.2,1.0]" "views.blur
 VIT=(model.name=vit_tiny_patch16_224 model.args.patch_size=4 model.args.depth=4)
 for m in "${METHODS[@]}"; do
   case "$m" in
-    dino)   args=(configs/dino_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-8}") ;;
+    dino)   args=(configs/dino_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-10}") ;;
     simclr) args=(configs/simclr_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-10}") ;;
-    mocov3) args=(configs/mocov3_tiny_cpu.yaml "${SMALL[@]}" "${VIT[@]}" train.epochs="${EPOCHS:-5}") ;;
+    mocov3) args=(configs/mocov3_tiny_cpu.yaml "${SMALL[@]}" "${VIT[@]}" method.mocov3.freeze_patch_embed=false
+            train.epochs="${EPOCHS:-9}") ;;
     moby)   args=(configs/moby_tiny_cpu.yaml "${SMALL[@]}" train.epochs="${EPOCHS:-25}") ;;  # its small Swin, 32 px
     *) echo "unknown method $m" >&2; exit 2 ;;
   esac

@@ -67,10 +67,11 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
     if method == "dino":
         d = cfg.method.dino
         student = torch.nn.Sequential(backbone, DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
-                                                                   freeze_last_layer=1, norm_last_layer=d.norm_last_layer))
+                                                                   batch_norm=d.batch_norm, freeze_last_layer=1,
+                                                                   norm_last_layer=d.norm_last_layer))
         teacher = torch.nn.Sequential(timm.create_model(cfg.model.name, num_classes=0, **model_args),
                                       DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
-                                                         norm_last_layer=d.norm_last_layer))
+                                                         batch_norm=d.batch_norm, norm_last_layer=d.norm_last_layer))
         teacher.load_state_dict(student.state_dict())
         deactivate_requires_grad(teacher)
         criterion = DINOLoss(output_dim=d.out_dim, student_temp=d.student_temp, center_momentum=d.center_momentum)

@@ -90,6 +90,24 @@ def test_teacher_stays_in_eval_mode():
     assert m.student_backbone.training and not m.teacher_backbone.training and not m.teacher_head.training
 
 
+def test_teacher_batchnorm_uses_batch_statistics_in_training():
+    """The EMA moves parameters only, so the teacher's BN layers (batch_norm head) must normalise with the batch:
+    with stale running statistics (mean 0, var 1) its output for a shifted batch would not be centred."""
+    from tests.conftest import TINY_VIT
+
+    torch.manual_seed(0)
+    heads = DINOConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16, batch_norm=True)
+    m = DINO(create_backbone(TINY_VIT["name"], model_args=TINY_VIT["model_args"]), n_global=2,
+             **dataclasses.asdict(heads)).train()
+    bns = [x for x in m.teacher_head.modules() if isinstance(x, torch.nn.BatchNorm1d)]
+    assert bns and all(bn.training for bn in bns) and not m.teacher_backbone.training
+    first_bn_in = m.teacher_head.layers[0](torch.randn(8, m.student_head.layers[0].in_features) + 5.0)
+    out = bns[0](first_bn_in)
+    assert out.mean(0).abs().max() < 1e-4  # batch statistics, not the running ones
+    m.eval()
+    assert not any(bn.training for bn in bns)
+
+
 def test_loss_is_fp32_under_bf16_autocast():
     from tests.conftest import TINY_VIT
 

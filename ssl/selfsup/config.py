@@ -96,6 +96,7 @@ class DINOConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = False
+    batch_norm: bool = False  # BatchNorm in the head's hidden layers (lightly's CIFAR-10 benchmark turns it on)
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.04
     teacher_temp: float = 0.07

@@ -38,7 +38,8 @@ class DINO(nn.Module):
     Args:
         backbone: a timm backbone, (n, c, h, w) -> (n, d); the teacher is a copy of it.
         n_global: number of global views (the first ``n_global`` of the views); only they reach the teacher.
-        out_dim, hidden_dim, bottleneck_dim, norm_last_layer: ``DINOProjectionHead`` sizes.
+        out_dim, hidden_dim, bottleneck_dim, norm_last_layer, batch_norm: ``DINOProjectionHead`` settings
+            (``batch_norm``: BatchNorm after the hidden linear layers, as lightly's CIFAR-10 benchmark).
         student_temp, center_momentum: ``DINOLoss`` parameters.
         warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs: teacher temperature schedule.
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine.
@@ -56,6 +57,7 @@ class DINO(nn.Module):
         hidden_dim: int,
         bottleneck_dim: int,
         norm_last_layer: bool,
+        batch_norm: bool,
         student_temp: float,
         warmup_teacher_temp: float,
         teacher_temp: float,
@@ -76,11 +78,12 @@ class DINO(nn.Module):
 
         self.student_backbone = backbone
         self.student_head = DINOProjectionHead(
-            dim, hidden_dim, bottleneck_dim, out_dim, freeze_last_layer=1, norm_last_layer=norm_last_layer
+            dim, hidden_dim, bottleneck_dim, out_dim, batch_norm=batch_norm, freeze_last_layer=1,
+            norm_last_layer=norm_last_layer,
         )
         self.teacher_backbone = copy.deepcopy(backbone)
         self.teacher_head = DINOProjectionHead(
-            dim, hidden_dim, bottleneck_dim, out_dim, norm_last_layer=norm_last_layer
+            dim, hidden_dim, bottleneck_dim, out_dim, batch_norm=batch_norm, norm_last_layer=norm_last_layer
         )
         self.teacher_head.load_state_dict(self.student_head.state_dict())
         deactivate_requires_grad(self.teacher_backbone)
@@ -90,10 +93,15 @@ class DINO(nn.Module):
         self.teacher_head.eval()
 
     def train(self, mode: bool = True) -> "DINO":
-        """Keep the teacher in eval mode (no drop path) whatever the student does (as DINOv2 does)."""
+        """Keep the teacher in eval mode (no drop path) whatever the student does (as DINOv2 does), except its
+        BatchNorm layers: the EMA moves parameters, not running statistics, so a teacher with BN (a CNN backbone,
+        ``batch_norm`` heads) normalises with the current batch in training, as in the authors' code."""
         super().train(mode)
         self.teacher_backbone.eval()
         self.teacher_head.eval()
+        for module in (*self.teacher_backbone.modules(), *self.teacher_head.modules()):
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+                module.train(mode)
         return self
 
     def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
