@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
     if method == "dino":
         d = cfg.method.dino
         student = torch.nn.Sequential(backbone, DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
-                                                                   batch_norm=d.batch_norm, freeze_last_layer=1,
+                                                                   batch_norm=d.batch_norm,
+                                                                   freeze_last_layer=math.ceil(d.freeze_last_layer_epochs),
                                                                    norm_last_layer=d.norm_last_layer))
         teacher = torch.nn.Sequential(timm.create_model(cfg.model.name, num_classes=0, **model_args),
                                       DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim,
