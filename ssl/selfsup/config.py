@@ -104,6 +104,7 @@ class DINOConfig:
     center_momentum: float = 0.9
     momentum_teacher: float = 0.996  # cosine to 1.0
     freeze_last_layer_epochs: float = 1
+    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view embeddings (DINOv2: 0.1)
 
 
 @dataclass
@@ -330,7 +331,7 @@ RANGES = {
     "method.dino.student_temp": "(0, inf)", "method.dino.warmup_teacher_temp": "(0, inf)",
     "method.dino.teacher_temp": "(0, inf)", "method.dino.warmup_teacher_temp_epochs": "[0, inf)",
     "method.dino.center_momentum": "[0, 1]", "method.dino.momentum_teacher": "[0, 1]",
-    "method.dino.freeze_last_layer_epochs": "[0, inf)",
+    "method.dino.freeze_last_layer_epochs": "[0, inf)", "method.dino.koleo_weight": "[0, inf)",
     "method.mocov3.proj_hidden_dim": "[1, inf)", "method.mocov3.out_dim": "[1, inf)",
     "method.mocov3.pred_hidden_dim": "[1, inf)", "method.mocov3.temperature": "(0, inf)",
     "method.mocov3.momentum": "[0, 1]",

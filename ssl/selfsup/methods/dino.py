@@ -16,7 +16,7 @@ import warnings
 from typing import Callable
 
 import torch
-from lightly.loss import DINOLoss
+from lightly.loss import DINOLoss, KoLeoLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
@@ -44,6 +44,8 @@ class DINO(nn.Module):
         warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs: teacher temperature schedule.
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine.
         freeze_last_layer_epochs: the head's last layer gets no update for this many epochs.
+        koleo_weight: weight of lightly's ``KoLeoLoss`` (Sablayrolles et al. 2019) on the student's backbone
+            embedding of each global view, added to the DINO loss as DINOv2 does (Oquab et al. 2023: 0.1); 0 = off.
     """
 
     export_encoder = "teacher"
@@ -65,6 +67,7 @@ class DINO(nn.Module):
         center_momentum: float,
         momentum_teacher: float,
         freeze_last_layer_epochs: float,
+        koleo_weight: float,
     ) -> None:
         super().__init__()
         dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
@@ -89,6 +92,8 @@ class DINO(nn.Module):
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(output_dim=out_dim, student_temp=student_temp, center_momentum=center_momentum)
+        self.koleo_weight = koleo_weight
+        self.koleo = KoLeoLoss()
         self.teacher_backbone.eval()
         self.teacher_head.eval()
 
@@ -121,6 +126,9 @@ class DINO(nn.Module):
         with torch.autocast(device_type=s_out.device.type, enabled=False):
             teacher_views = [t.float() for t in t_out.chunk(self.n_global)]
             loss = self.criterion(teacher_views, [s.float() for s in s_out.chunk(v)], teacher_temp=ctx.teacher_temp)
+            if self.koleo_weight:  # DINOv2: one KoLeo term per global view, each over the (b, d) batch
+                global_emb = s_emb[: self.n_global * b].float().chunk(self.n_global)  # g x (b, d)
+                loss = loss + self.koleo_weight * sum(self.koleo(e) for e in global_emb)
         return StepOutput(loss=loss, logs=self._collapse_signals(s_emb.detach(), t_out.detach(), ctx.teacher_temp, b))
 
     @torch.no_grad()
