@@ -26,7 +26,7 @@ from pathlib import Path
 
 import timm
 import torch
-from lightly.loss import DINOLoss, NTXentLoss
+from lightly.loss import DINOLoss, KoLeoLoss, NTXentLoss
 from lightly.models.modules import DINOProjectionHead, SimCLRProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.transforms import DINOTransform
@@ -77,6 +77,7 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
         teacher.load_state_dict(student.state_dict())
         deactivate_requires_grad(teacher)
         criterion = DINOLoss(output_dim=d.out_dim, student_temp=d.student_temp, center_momentum=d.center_momentum)
+        koleo = KoLeoLoss()
         export_model = teacher[0]
     else:
         s = cfg.method.simclr
@@ -110,10 +111,13 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                     n_global = cfg.views.n_global
                     with torch.no_grad():
                         t_out = [teacher(v).float() for v in views[:n_global]]
-                    s_out = [student(v).float() for v in views]
+                    s_emb = [student[0](v) for v in views]
+                    s_out = [student[1](e).float() for e in s_emb]
                     temp = linear_warmup(step, round(d.warmup_teacher_temp_epochs * steps_per_epoch),
                                          d.warmup_teacher_temp, d.teacher_temp)
                     loss = criterion(t_out, s_out, teacher_temp=temp)
+                    if d.get("koleo_weight", 0.0):  # DINOv2's KoLeo on each global view's backbone embedding
+                        loss = loss + d.koleo_weight * sum(koleo(e.float()) for e in s_emb[:n_global])
                 else:
                     z0, z1 = student(torch.cat(views[:2])).float().chunk(2)
                     loss = criterion(z0, z1)
