@@ -116,7 +116,7 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                     temp = linear_warmup(step, round(d.warmup_teacher_temp_epochs * steps_per_epoch),
                                          d.warmup_teacher_temp, d.teacher_temp)
                     loss = criterion(t_out, s_out, teacher_temp=temp)
-                    if d.get("koleo_weight", 0.0):  # DINOv2's KoLeo on each global view's backbone embedding
+                    if d.koleo_weight:  # DINOv2's KoLeo on each global view's backbone embedding
                         loss = loss + d.koleo_weight * sum(koleo(e.float()) for e in s_emb[:n_global])
                 else:
                     z0, z1 = student(torch.cat(views[:2])).float().chunk(2)

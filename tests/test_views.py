@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 
 from selfsup.build import multicrop_transform
 from selfsup.config import ViewsConfig, load_config
+from selfsup.data.stream import _seeded_rngs
 from selfsup.data.views import ViewTransform
 from selfsup.errors import ConfigError
 
@@ -47,10 +48,9 @@ def test_same_seed_same_views_other_seed_other_views():
     t = multicrop_transform(ViewsConfig(global_crop_size=24, local_crop_size=12, n_local=2))
     img = _image()
 
-    def seeded(seed: int) -> list[torch.Tensor]:  # as the shard stream seeds a sample: lightly's solarisation draws
-        torch.manual_seed(seed)                     # from numpy, the rest from torch
-        np.random.seed(seed)
-        return t(img)
+    def seeded(seed: int) -> list[torch.Tensor]:  # the shard stream's seeding (lightly's solarisation draws from numpy)
+        with _seeded_rngs(seed, restore=True):
+            return t(img)
 
     a, b, c = seeded(3), seeded(3), seeded(4)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
