@@ -24,6 +24,24 @@ def test_run_cli_prints_one_line_and_returns_the_error_exit_code(capsys):
     assert run_cli("selfsup", lambda: None) == 0
 
 
+def test_run_cli_writes_the_line_and_its_newline_in_one_write(monkeypatch):
+    """Under DDP every process writes the same line to one pipe; a line written in two parts (print writes the text,
+    then the newline, straight through) could join two processes' lines into one."""
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, s: str) -> int:
+            writes.append(s)
+            return len(s)
+
+        def flush(self) -> None:
+            writes.append("<flush>")
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    run_cli("selfsup", _raise(ConfigError("bad")))
+    assert writes == ["selfsup: error: bad\n", "<flush>"]
+
+
 def test_run_cli_unwraps_an_error_re_raised_from_a_dataloader_worker(capsys):
     # torch re-raises a worker's exception as its type with the worker's traceback as the message
     wrapped = RuntimeError("Caught DataError in DataLoader worker process 0.\nTraceback (most recent call last):\n"

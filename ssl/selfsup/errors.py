@@ -50,6 +50,13 @@ def one_line(e: BaseException) -> str:
     return msg
 
 
+def _say(prog: str, e: BaseException) -> None:
+    # One write with its newline: stderr writes through, so print's two writes (text, then "\n") from two DDP
+    # processes on one pipe could join their lines.
+    sys.stderr.write(f"{prog}: error: {one_line(e)}\n")
+    sys.stderr.flush()
+
+
 def run_cli(prog: str, command: Callable[[], int | None]) -> int:
     """Run a command-line entry point: user errors print ``PROG: error: LINE`` and give their exit code.
 
@@ -60,10 +67,10 @@ def run_cli(prog: str, command: Callable[[], int | None]) -> int:
     try:
         return int(command() or 0)
     except SelfsupError as e:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        _say(prog, e)
         return e.exit_code
     except Exception as e:
         if "selfsup.errors." not in str(e):
             raise
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        _say(prog, e)
         return SelfsupError.exit_code
