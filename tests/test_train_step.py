@@ -80,3 +80,22 @@ def test_throughput_benchmark_times_this_step(tmp_path):
     assert type(step) is TrainStep
     step(lambda: _views(0))
     assert step.state.step == 11 and step.state.bad_steps_total == 0
+
+
+@pytest.mark.parametrize("env,processes,expected", [(None, 1, 4), (None, 2, 2), (None, 3, 1), ("4", 2, 4)])
+def test_cpu_threads_are_split_among_processes_not_given_up_to_data_workers(monkeypatch, env, processes, expected):
+    """One process keeps torch's threads whatever its data workers (a CPU step outweighs its data); several
+    processes on one machine split them; an explicit OMP_NUM_THREADS wins."""
+    from selfsup.train.loop import _cpu_threads
+
+    before = torch.get_num_threads()
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    try:
+        torch.set_num_threads(4)
+        _cpu_threads(processes)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
