@@ -108,6 +108,34 @@ def test_teacher_batchnorm_uses_batch_statistics_in_training():
     assert not any(bn.training for bn in bns)
 
 
+def test_batchnorm_heads_normalise_each_view_with_its_own_batch(monkeypatch):
+    """Teacher and student heads see one view at a time: changing the second global view changes nothing the heads
+    produce for the first (a head run on all views at once would mix their BN statistics)."""
+    from tests.conftest import TINY_VIT
+
+    torch.manual_seed(0)
+    heads = DINOConfig(out_dim=64, hidden_dim=32, bottleneck_dim=16, batch_norm=True)
+    m = DINO(create_backbone(TINY_VIT["name"], model_args=TINY_VIT["model_args"]), n_global=2,
+             **dataclasses.asdict(heads)).train()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    loss_forward = m.criterion.forward
+
+    def spy(teacher_out, student_out, **kwargs):
+        seen.append((teacher_out[0].detach().clone(), student_out[0].detach().clone()))
+        return loss_forward(teacher_out, student_out, **kwargs)
+
+    monkeypatch.setattr(m.criterion, "forward", spy)
+    views = _views(b=6, n_local=1)
+    other = [views[0], views[1] * 3.0 + 1.0, views[2]]
+    ctx = m.step_context(0, steps_per_epoch=10, total_steps=100)
+    with torch.no_grad():
+        m(views, ctx)
+        m(other, ctx)
+    (t_a, s_a), (t_b, s_b) = seen
+    torch.testing.assert_close(t_a, t_b, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s_a, s_b, atol=1e-5, rtol=1e-4)
+
+
 def test_loss_is_fp32_under_bf16_autocast():
     from tests.conftest import TINY_VIT
 
