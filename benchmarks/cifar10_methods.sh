@@ -2,14 +2,14 @@
 # CPU run of each method on the shared CIFAR-10 (issue: "each method's export beats the random init of the
 # same architecture on kNN"). Tiny backbones at 32 px, at most 30 minutes of pretraining each on 2 cores, then
 # `selfsup-eval knn` on 10,000 train / 2,000 test images, pretrained vs random init.
-#   bash benchmarks/cifar10_methods.sh [METHODS...]      (default: all four, with the settings of the README table)
+#   bash benchmarks/cifar10_methods.sh [METHODS...]      (default: all five, with the settings of the README table)
 #   EPOCHS=2 bash benchmarks/cifar10_methods.sh simclr   (another budget)
 # Needs ../shared/data/cifar10.tar.gz. Output: runs/cifar10_methods/{<method>/run,<method>/export,<method>/knn}
 # and runs/cifar10_methods/results.md.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-METHODS=("${@:-dino mocov3 moby simclr}"); METHODS=(${METHODS[@]})
+METHODS=("${@:-dino dinov2 mocov3 moby simclr}"); METHODS=(${METHODS[@]})
 OUT=runs/cifar10_methods
 DATA="${CIFAR_DIR:-$OUT/data}"
 mkdir -p "$OUT"
@@ -37,9 +37,14 @@ SMALL=(views.global_crop_size=32 "views.global_crop_scale=[0.2,1.0]" "views.blur
        model.args.img_size=32 train.batch_size=64 train.mixed_precision=bf16 optim.lr=4e-3 optim.warmup_epochs=1
        train.log_every=50)
 VIT=(model.name=vit_tiny_patch16_224 model.args.patch_size=4 model.args.depth=4)
-for m in "${METHODS[@]}"; do
-  case "$m" in
+# EXTRA: more overrides for every method's run (e.g. EXTRA="method.dino.center=sinkhorn_knopp"); TAG: a suffix for
+# the output folder, so that a variant does not replace the table's run.
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
+for m0 in "${METHODS[@]}"; do
+  m="$m0${TAG:-}"
+  case "$m0" in
     dino)   args=(configs/dino_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-12}") ;;
+    dinov2) args=(configs/dinov2_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-12}") ;;
     simclr) args=(configs/simclr_vit_tiny_small_data.yaml train.epochs="${EPOCHS:-10}") ;;
     mocov3) args=(configs/mocov3_tiny_cpu.yaml "${SMALL[@]}" "${VIT[@]}" method.mocov3.freeze_patch_embed=false
                   method.mocov3.momentum=0.9 train.epochs="${EPOCHS:-9}") ;;  # fast keys, short run
@@ -48,13 +53,15 @@ for m in "${METHODS[@]}"; do
   esac
   echo "== $m: pretrain ${args[*]} ${COMMON[*]}"
   start=$(date +%s)
-  selfsup pretrain "${args[0]}" "${COMMON[@]}" "${args[@]:1}" run.dir="$OUT/$m/run" run.overwrite=true
+  mkdir -p "$OUT/$m"
+  selfsup pretrain "${args[0]}" "${COMMON[@]}" "${args[@]:1}" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"} run.dir="$OUT/$m/run" \
+    run.overwrite=true
   echo $(( $(date +%s) - start )) > "$OUT/$m/pretrain_seconds"
   selfsup export "$OUT/$m/run" "$OUT/$m/export"
   selfsup-eval knn --weights "$OUT/$m/export" --train "$DATA/cifar10/train" --val "$DATA/cifar10/test" \
     --out "$OUT/$m/knn" --label-fractions 1.0 --seeds 1 --max-train 10000 --max-val 2000
 done
-python - "$OUT" "${METHODS[@]}" <<'PY'
+python - "$OUT" "${METHODS[@]/%/${TAG:-}}" <<'PY'
 import json, sys
 from pathlib import Path
 out, methods = Path(sys.argv[1]), sys.argv[2:]

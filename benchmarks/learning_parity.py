@@ -26,9 +26,10 @@ from pathlib import Path
 
 import timm
 import torch
-from lightly.loss import DINOLoss, KoLeoLoss, NTXentLoss
-from lightly.models.modules import DINOProjectionHead, SimCLRProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss, NTXentLoss
+from lightly.loss.swav_loss import sinkhorn
+from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM, SimCLRProjectionHead
+from lightly.models.utils import deactivate_requires_grad, random_block_mask, update_momentum
 from lightly.transforms import DINOTransform
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -37,7 +38,8 @@ from torchvision.datasets import ImageFolder
 from selfsup.optim.schedules import cosine, linear_warmup, scaled_lr, warmup_cosine
 
 DATA = Path("runs/cifar10_methods")
-CONFIGS = {"dino": "configs/dino_vit_tiny_small_data.yaml", "simclr": "configs/simclr_vit_tiny_small_data.yaml"}
+CONFIGS = {"dino": "configs/dino_vit_tiny_small_data.yaml", "dinov2": "configs/dinov2_vit_tiny_small_data.yaml",
+           "simclr": "configs/simclr_vit_tiny_small_data.yaml"}
 
 
 def run_ours(method: str, seed: int, epochs: float, out: Path) -> dict:
@@ -79,6 +81,24 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
         criterion = DINOLoss(output_dim=d.out_dim, student_temp=d.student_temp, center_momentum=d.center_momentum)
         koleo = KoLeoLoss()
         export_model = teacher[0]
+    elif method == "dinov2":  # lightly's DINOv2 example: masked timm ViT, one head for DINO and iBOT, KoLeo
+        d = cfg.method.dinov2
+        student = torch.nn.ModuleDict({
+            "backbone": MaskedVisionTransformerTIMM(vit=backbone, weight_initialization="skip",
+                                                    pos_embed_initialization="skip"),
+            "head": DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim, batch_norm=d.batch_norm,
+                                       freeze_last_layer=math.ceil(d.freeze_last_layer_epochs))})
+        teacher = torch.nn.ModuleDict({
+            "backbone": MaskedVisionTransformerTIMM(vit=timm.create_model(cfg.model.name, num_classes=0, **model_args),
+                                                    weight_initialization="skip", pos_embed_initialization="skip"),
+            "head": DINOProjectionHead(dim, d.hidden_dim, d.bottleneck_dim, d.out_dim, batch_norm=d.batch_norm)})
+        teacher.load_state_dict(student.state_dict())
+        deactivate_requires_grad(teacher)
+        criterion = DINOLoss(output_dim=d.out_dim, student_temp=d.student_temp, center_momentum=d.center_momentum)
+        ibot_criterion = IBOTPatchLoss(output_dim=d.out_dim, student_temp=d.student_temp,
+                                       center_momentum=d.center_momentum)
+        koleo = KoLeoLoss()
+        export_model = teacher["backbone"].vit
     else:
         s = cfg.method.simclr
         student = torch.nn.Sequential(backbone, SimCLRProjectionHead(dim, s.proj_hidden_dim, s.out_dim, num_layers=2,
@@ -118,6 +138,9 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                     loss = criterion(t_out, s_out, teacher_temp=temp)
                     if d.koleo_weight:  # DINOv2's KoLeo on each global view's backbone embedding
                         loss = loss + d.koleo_weight * sum(koleo(e.float()) for e in s_emb[:n_global])
+                elif method == "dinov2":
+                    loss = _dinov2_loss(cfg, student, teacher, criterion, ibot_criterion, koleo, views, step,
+                                        steps_per_epoch)
                 else:
                     z0, z1 = student(torch.cat(views[:2])).float().chunk(2)
                     loss = criterion(z0, z1)
@@ -127,9 +150,11 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                 torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.clip_grad)
             if method == "dino":
                 student[1].cancel_last_layer_gradients(current_epoch=int(epoch))
+            elif method == "dinov2":
+                student["head"].cancel_last_layer_gradients(current_epoch=int(epoch))
             opt.step()
-            if method == "dino":
-                m = cosine(step, steps, cfg.method.dino.momentum_teacher, 1.0)
+            if method in ("dino", "dinov2"):
+                m = cosine(step, steps, getattr(cfg.method, method).momentum_teacher, 1.0)
                 update_momentum(student, teacher, m=m)
             step += 1
     seconds = time.perf_counter() - t0
@@ -139,6 +164,47 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                             data_config={"input_size": (3, size, size), "mean": tuple(cfg.views.mean),
                                          "std": tuple(cfg.views.std), "crop_pct": 1.0, "interpolation": "bicubic"})
     return {"steps": step, "images_per_s": step * cfg.train.batch_size / seconds}
+
+
+def _dinov2_loss(cfg, student, teacher, criterion, ibot_criterion, koleo, views, step, steps_per_epoch):
+    """The DINOv2 loss of lightly's example, written out: masked global views for the student, the whole ones for the
+    teacher; DINO on class tokens (every student view against the other global views), iBOT on the masked tokens
+    (each token weighted by 1 / its image's masked count), KoLeo on each global view's class token."""
+    d, g = cfg.method.dinov2, cfg.views.n_global
+    temp = linear_warmup(step, round(d.warmup_teacher_temp_epochs * steps_per_epoch), d.warmup_teacher_temp,
+                         d.teacher_temp)
+    x = torch.cat(views[:g])
+    vit = student["backbone"].vit
+    h, w = x.shape[-2] // vit.patch_embed.patch_size[0], x.shape[-1] // vit.patch_embed.patch_size[1]
+    smallest = max(1, min(4, int(h * w * d.mask_ratio[0])))
+    masks = random_block_mask((x.shape[0], h, w), batch_mask_ratio=d.mask_probability,
+                              min_image_mask_ratio=d.mask_ratio[0], max_image_mask_ratio=d.mask_ratio[1],
+                              min_num_masks_per_block=smallest, max_num_masks_per_block=max(smallest, h * w // 2))
+    p = vit.num_prefix_tokens
+    seq = torch.cat([masks.new_zeros(x.shape[0], p), masks.flatten(1)], dim=1)
+    with torch.no_grad():
+        t_tok = teacher["backbone"].encode(x)
+        t_cls = torch.cat([teacher["head"](c) for c in t_tok[:, 0].chunk(g)]).float()
+        t_patch = teacher["head"](t_tok[:, p:][masks.flatten(1)]).float()
+    s_tok = student["backbone"].encode(x, mask=seq)
+    s_cls = [s_tok[:, 0]] + [student["backbone"](v) for v in views[g:]]
+    s_cls = torch.cat(s_cls)
+    s_out = [student["head"](c).float() for c in s_cls.chunk(len(views))]
+    s_patch = student["head"](s_tok[:, p:][masks.flatten(1)]).float()
+    if d.center == "sinkhorn_knopp":
+        t_views = sinkhorn(t_cls - t_cls.max(), iterations=3, epsilon=temp).chunk(g)
+        log_s = [torch.log_softmax(s / d.student_temp, dim=-1) for s in s_out]
+        terms = [-(t * log_s[j]).sum(-1).mean() for i, t in enumerate(t_views) for j in range(len(views)) if j != i]
+        dino = sum(terms) / len(terms)
+        t_p = sinkhorn(t_patch - t_patch.max(), iterations=3, epsilon=temp)
+        ce = -(t_p * torch.log_softmax(s_patch / d.student_temp, dim=-1)).sum(-1)
+        weight = (1.0 / masks.sum((1, 2), keepdim=True).clamp(min=1)).expand_as(masks)[masks]
+        ibot = (ce * weight).sum() / masks.shape[0]
+    else:
+        dino = criterion(list(t_cls.chunk(g)), s_out, teacher_temp=temp)
+        ibot = ibot_criterion(t_patch, s_patch, masks, teacher_temp=temp)
+    reg = sum(koleo(c.float()) for c in s_tok[:, 0].chunk(g))
+    return dino + d.ibot_weight * ibot + d.koleo_weight * reg
 
 
 def knn_top1(export: Path, out: Path, max_train: int, max_val: int) -> tuple[float, float]:

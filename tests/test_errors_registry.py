@@ -67,7 +67,7 @@ def test_a_missing_dependency_of_a_method_surfaces_as_an_import_error(monkeypatc
 
 def test_unknown_method_is_a_config_error_and_other_methods_still_build(monkeypatch):
     monkeypatch.setattr(registry, "METHODS", {})
-    with pytest.raises(ConfigError, match="'method.name': 'byol'.*dino, mocov3, moby, simclr, distill"):
+    with pytest.raises(ConfigError, match="'method.name': 'byol'.*dino, dinov2, mocov3, moby, simclr, distill"):
         registry.get_builder("byol")
     monkeypatch.setitem(sys.modules, "selfsup.methods._queue", None)  # moby's dependency is missing ...
     monkeypatch.delitem(sys.modules, "selfsup.methods.simclr", raising=False)

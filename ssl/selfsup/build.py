@@ -44,7 +44,8 @@ def build_transform(cfg: Config):
             global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale),
             local_crop_size=v.local_crop_size, local_crop_scale=tuple(v.local_crop_scale), n_local_views=v.n_local,
             normalize={"mean": list(v.mean), "std": list(v.std)}, gaussian_blur=tuple(v.blur_probs),
-            solarization_prob=v.solarize_prob,
+            solarization_prob=v.solarize_prob, hf_prob=v.hflip_prob, vf_prob=v.vflip_prob, rr_prob=v.rot90_prob,
+            cj_prob=v.cj_prob, cj_strength=0.5 * v.cj_strength, random_gray_scale=v.gray_prob,
         )
     return multicrop_transform(v)
 
@@ -57,6 +58,8 @@ def multicrop_transform(v: ViewsConfig):
         global_crop_size=v.global_crop_size, global_crop_scale=tuple(v.global_crop_scale), n_global=v.n_global,
         local_crop_size=v.local_crop_size, local_crop_scale=tuple(v.local_crop_scale), n_local=v.n_local,
         blur_probs=tuple(v.blur_probs), solarize_prob=v.solarize_prob, mean=tuple(v.mean), std=tuple(v.std),
+        hflip_prob=v.hflip_prob, vflip_prob=v.vflip_prob, rot90_prob=v.rot90_prob, cj_prob=v.cj_prob,
+        cj_strength=v.cj_strength, gray_prob=v.gray_prob,
     )
 
 

@@ -25,12 +25,15 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from selfsup.config_yaml import read_config_yaml
 from selfsup.errors import ConfigError
 
-METHODS = ("dino", "mocov3", "moby", "simclr", "distill")
+METHODS = ("dino", "dinov2", "mocov3", "moby", "simclr", "distill")
+MULTI_CROP_METHODS = ("dino", "dinov2", "distill")  # any number of views; the others take exactly 2
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
 ON_COLLAPSE = ("stop", "warn")
 DISTILL_LOSSES = ("seed", "cosine", "mse")
+CENTERS = ("mean", "sinkhorn_knopp")  # method.dino.center (selfsup.methods._centering)
+ON_PLATEAU = ("warn", "stop")
 
 
 @dataclass
@@ -74,6 +77,14 @@ class ViewsConfig:
     # solarization probability of the second global view. Small images (CIFAR-size) train better without blur.
     blur_probs: list[float] = field(default_factory=lambda: [1.0, 0.1, 0.5])
     solarize_prob: float = 0.2
+    # flips and colour: DINO's defaults; images with no up, down or colour (cells, slides, X-rays, satellite tiles)
+    # may take vertical flips and 90-degree turns, and less or no colour jitter
+    hflip_prob: float = 0.5
+    vflip_prob: float = 0.0
+    rot90_prob: float = 0.0  # probability of a 90-degree turn (lightly's RandomRotate); with both flips: all 8 poses
+    cj_prob: float = 0.8  # colour jitter: brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, times cj_strength
+    cj_strength: float = 1.0
+    gray_prob: float = 0.2
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -105,6 +116,33 @@ class DINOConfig:
     momentum_teacher: float = 0.996  # cosine to 1.0
     freeze_last_layer_epochs: float = 1
     koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view embeddings (DINOv2: 0.1)
+    # mean (DINO's EMA center) | sinkhorn_knopp (DINOv2's teacher: every prototype used equally in each batch)
+    center: str = "mean"
+
+
+@dataclass
+class DINOv2Config:
+    """DINOv2 (Oquab et al. 2023): DINO + iBOT masked-patch + KoLeo losses, Sinkhorn-Knopp centering; defaults from
+    the paper's ViT recipe (dinov2/configs/ssl_default_config.yaml). Needs a ViT backbone (patch tokens to mask)."""
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    batch_norm: bool = False  # BatchNorm in the heads' hidden layers
+    separate_ibot_head: bool = False  # false: the DINO head also scores the masked patch tokens
+    ibot_out_dim: int = 65536  # prototypes of a separate iBOT head
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04
+    teacher_temp: float = 0.07
+    warmup_teacher_temp_epochs: float = 30
+    center: str = "sinkhorn_knopp"  # sinkhorn_knopp | mean (as method.dino.center)
+    center_momentum: float = 0.9  # center=mean only
+    momentum_teacher: float = 0.992  # cosine to 1.0
+    freeze_last_layer_epochs: float = 1
+    koleo_weight: float = 0.1
+    ibot_weight: float = 1.0
+    mask_probability: float = 0.5  # share of global crops masked
+    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # share of a masked crop's patch tokens
 
 
 @dataclass
@@ -158,6 +196,7 @@ class DistillConfig:
 class MethodConfig:
     name: str = "dino"  # one of METHODS
     dino: DINOConfig = field(default_factory=DINOConfig)
+    dinov2: DINOv2Config = field(default_factory=DINOv2Config)
     mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
     moby: MoBYConfig = field(default_factory=MoBYConfig)
     simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
@@ -194,6 +233,11 @@ class TrainConfig:
     max_bad_steps: int = 5  # non-finite loss/grad steps in a row before stopping
     collapse_patience: int = 5  # logs in a row with a collapse signal past its threshold (docs/monitor.md)
     on_collapse: str = "stop"  # stop | warn
+    # plateau watch (docs/monitor.md): the loss within plateau_tolerance of its chance level (or DINO's teacher entropy
+    # of ln(out_dim)) for plateau_steps steps after the warmup is named in one line; 0 = off
+    plateau_steps: int = 300
+    plateau_tolerance: float = 0.05
+    on_plateau: str = "warn"  # warn | stop
     progress: bool = True
     # accelerate trackers the metrics go to (tensorboard, wandb, mlflow, comet_ml, aim, clearml, dvclive, ...)
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -326,12 +370,22 @@ RANGES = {
     "data.shard_interleave": "[1, inf)", "data.num_workers": "[0, inf)", "data.max_bad_fraction": "[0, 1]",
     "data.bad_window": "[1, inf)", "data.max_sample_bytes": "[1, inf)",
     "views.local_crop_size": "[1, inf)", "views.solarize_prob": "[0, 1]", "views.std": "(0, inf)",
+    "views.hflip_prob": "[0, 1]", "views.vflip_prob": "[0, 1]", "views.rot90_prob": "[0, 1]", "views.cj_prob": "[0, 1]",
+    "views.cj_strength": "[0, inf)", "views.gray_prob": "[0, 1]",
     "model.drop_path_rate": "[0, 1)",
     "method.dino.out_dim": "[1, inf)", "method.dino.hidden_dim": "[1, inf)", "method.dino.bottleneck_dim": "[1, inf)",
     "method.dino.student_temp": "(0, inf)", "method.dino.warmup_teacher_temp": "(0, inf)",
     "method.dino.teacher_temp": "(0, inf)", "method.dino.warmup_teacher_temp_epochs": "[0, inf)",
     "method.dino.center_momentum": "[0, 1]", "method.dino.momentum_teacher": "[0, 1]",
     "method.dino.freeze_last_layer_epochs": "[0, inf)", "method.dino.koleo_weight": "[0, inf)",
+    "method.dinov2.out_dim": "[1, inf)", "method.dinov2.hidden_dim": "[1, inf)",
+    "method.dinov2.bottleneck_dim": "[1, inf)", "method.dinov2.ibot_out_dim": "[1, inf)",
+    "method.dinov2.student_temp": "(0, inf)", "method.dinov2.warmup_teacher_temp": "(0, inf)",
+    "method.dinov2.teacher_temp": "(0, inf)", "method.dinov2.warmup_teacher_temp_epochs": "[0, inf)",
+    "method.dinov2.center_momentum": "[0, 1]", "method.dinov2.momentum_teacher": "[0, 1]",
+    "method.dinov2.freeze_last_layer_epochs": "[0, inf)", "method.dinov2.koleo_weight": "[0, inf)",
+    "method.dinov2.ibot_weight": "[0, inf)", "method.dinov2.mask_probability": "[0, 1]",
+    "method.dinov2.mask_ratio": "[0, 1]",
     "method.mocov3.proj_hidden_dim": "[1, inf)", "method.mocov3.out_dim": "[1, inf)",
     "method.mocov3.pred_hidden_dim": "[1, inf)", "method.mocov3.temperature": "(0, inf)",
     "method.mocov3.momentum": "[0, 1]",
@@ -345,7 +399,7 @@ RANGES = {
     "optim.min_lr": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.weight_decay": "[0, inf)",
     "optim.weight_decay_end": "[0, inf)", "optim.betas": "[0, 1)", "optim.clip_grad": "[0, inf)",
     "train.epochs": "[0, inf)", "train.max_steps": "[1, inf)", "train.save_every": "[0, inf)",
-    "train.max_bad_steps": "[1, inf)",
+    "train.max_bad_steps": "[1, inf)", "train.plateau_steps": "[0, inf)", "train.plateau_tolerance": "(0, 1)",
 }
 
 
@@ -396,7 +450,14 @@ def validate(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
     _choice("train.on_collapse", cfg.train.on_collapse, ON_COLLAPSE)
+    _choice("train.on_plateau", cfg.train.on_plateau, ON_PLATEAU)
     _choice("method.distill.loss", cfg.method.distill.loss, DISTILL_LOSSES)
+    _choice("method.dino.center", cfg.method.dino.center, CENTERS)
+    _choice("method.dinov2.center", cfg.method.dinov2.center, CENTERS)
+    ratio = cfg.method.dinov2.mask_ratio
+    if len(ratio) != 2 or not ratio[0] <= ratio[1]:
+        raise ConfigError(f"bad value for 'method.dinov2.mask_ratio': {cfg.method.dinov2.mask_ratio} (expected "
+                          "[min, max] with 0 <= min <= max <= 1)")
     if cfg.method.distill.loss == "seed" and cfg.method.distill.queue_size < 1:
         raise ConfigError(f"bad value for 'method.distill.queue_size': {cfg.method.distill.queue_size} "
                           "(expected >= 1 for method.distill.loss=seed)")
@@ -426,7 +487,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError("bad value for 'train.epochs': expected > 0 (or set train.max_steps)")
     if cfg.views.n_global < 1 or cfg.views.n_local < 0:
         raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
-    if cfg.method.name not in ("dino", "distill") and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
+    if cfg.method.name not in MULTI_CROP_METHODS and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
         raise ConfigError(
             f"bad value for 'views.n_global'/'views.n_local': {cfg.method.name} takes exactly 2 views "
             f"(views.n_global=2 views.n_local=0), got {cfg.views.n_global} + {cfg.views.n_local}"

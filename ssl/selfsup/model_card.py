@@ -30,6 +30,7 @@ EVAL_END = "<!-- selfsup-eval report: end -->"
 # method -> (paper, arXiv id): the Hub links ``arxiv:`` tags to the paper page
 PAPERS = {
     "dino": ("DINO: Emerging Properties in Self-Supervised Vision Transformers (Caron et al. 2021)", "2104.14294"),
+    "dinov2": ("DINOv2: Learning Robust Visual Features without Supervision (Oquab et al. 2023)", "2304.07193"),
     "mocov3": ("MoCo v3: An Empirical Study of Training Self-Supervised Vision Transformers (Chen, Xie, He 2021)",
                "2104.02057"),
     "moby": ("MoBY: Self-Supervised Learning with Swin Transformers (Xie et al. 2021)", "2105.04553"),

@@ -57,7 +57,8 @@ class ViewTransform:
         size: output side in pixels.
         scale: range of the crop area as a fraction of the image area.
         ratio: range of the crop aspect ratio.
-        hflip_prob: probability of a horizontal flip.
+        hflip_prob, vflip_prob: probabilities of a horizontal and of a vertical flip.
+        rot90_prob: probability of a 90-degree turn (lightly's ``RandomRotate``).
         cj_prob: probability of colour jitter.
         brightness, contrast, saturation: jitter factors are drawn from ``[1 - x, 1 + x]``.
         hue: hue rotation drawn from ``[-hue, hue]`` turns.
@@ -76,6 +77,8 @@ class ViewTransform:
         scale: tuple[float, float],
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip_prob: float = 0.5,
+        vflip_prob: float = 0.0,
+        rot90_prob: float = 0.0,
         cj_prob: float = 0.8,
         brightness: float = 0.4,
         contrast: float = 0.4,
@@ -91,7 +94,7 @@ class ViewTransform:
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.hflip_prob = hflip_prob
+        self.hflip_prob, self.vflip_prob, self.rot90_prob = hflip_prob, vflip_prob, rot90_prob
         self.cj_prob = cj_prob
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.gray_prob = gray_prob
@@ -153,6 +156,11 @@ class ViewTransform:
             crop = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=box)
         if self.hflip_prob > 0 and float(torch.rand(())) < self.hflip_prob:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        # draws only where enabled, so the default views keep their random sequence
+        if self.vflip_prob > 0 and float(torch.rand(())) < self.vflip_prob:
+            crop = crop.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+        if self.rot90_prob > 0 and float(torch.rand(())) < self.rot90_prob:
+            crop = crop.transpose(Image.Transpose.ROTATE_90)
         matrix = self._color_matrix(crop)
         if matrix is not None:
             crop = crop.convert("RGB", matrix=tuple(matrix.ravel().tolist()))
@@ -167,8 +175,9 @@ class MultiCropTransform:
     """DINO multi-crop: ``n_global`` global views then ``n_local`` local views of one image.
 
     The crop sizes, scales, view counts, blur/solarization probabilities and mean/std are the ``views.*``
-    config keys (defaults in :class:`selfsup.config.ViewsConfig`, DINO's ``main_dino.py``); the colour
-    jitter (0.4, 0.4, 0.2, 0.1) with p=0.8 and grayscale p=0.2 are DINO's and not configurable.
+    config keys (defaults in :class:`selfsup.config.ViewsConfig`, DINO's ``main_dino.py``), and so are the flips,
+    the 90-degree turn, the colour-jitter probability and strength (DINO's (0.4, 0.4, 0.2, 0.1) at strength 1) and
+    the grayscale probability.
 
     Example:
         >>> from selfsup.build import multicrop_transform
@@ -192,6 +201,8 @@ class MultiCropTransform:
         blur_probs: tuple[float, float, float],
         solarize_prob: float,
         hflip_prob: float = 0.5,
+        vflip_prob: float = 0.0,
+        rot90_prob: float = 0.0,
         cj_prob: float = 0.8,
         cj_strength: float = 1.0,
         brightness: float = 0.4,
@@ -206,7 +217,8 @@ class MultiCropTransform:
         local_crop_size, local_crop_scale, n_local: local views (student only); ``n_local=0`` for
             two-view methods.
         mean, std: normalisation.
-        hflip_prob, cj_prob, gray_prob: probabilities of flip, colour jitter and grayscale.
+        hflip_prob, vflip_prob, rot90_prob, cj_prob, gray_prob: probabilities of the flips, the 90-degree turn,
+            colour jitter and grayscale (``views.*``).
         cj_strength: multiplies brightness, contrast, saturation and hue (SimCLR's "strength").
         brightness, contrast, saturation, hue: colour-jitter ranges.
         blur_probs: blur probability of (first global view, other global views, local views).
@@ -214,7 +226,7 @@ class MultiCropTransform:
         solarize_prob: solarization probability of the global views after the first one.
         """
         common = dict(
-            hflip_prob=hflip_prob, cj_prob=cj_prob, brightness=brightness * cj_strength,
+            hflip_prob=hflip_prob, vflip_prob=vflip_prob, rot90_prob=rot90_prob, cj_prob=cj_prob, brightness=brightness * cj_strength,
             contrast=contrast * cj_strength, saturation=saturation * cj_strength, hue=hue * cj_strength,
             gray_prob=gray_prob, blur_sigma=blur_sigma, mean=mean, std=std,
         )

@@ -23,3 +23,9 @@ def embed_std_logs(emb: Tensor) -> dict[str, Tensor]:
         "embed_std": z.std(dim=0).mean(),
         "embed_std_healthy": torch.tensor(1.0 / math.sqrt(z.shape[1])),
     }
+
+
+def chance_logs(loss_chance: float) -> dict[str, Tensor]:
+    """``loss_chance``: the loss of a model that has learnt nothing (every candidate equally likely), which the
+    plateau watch (:mod:`selfsup.train.plateau`) compares the loss with."""
+    return {"loss_chance": torch.tensor(float(loss_chance))}

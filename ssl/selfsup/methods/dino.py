@@ -26,11 +26,12 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
-from selfsup.methods._signals import embed_std_logs
+from selfsup.methods._centering import cross_view_entropy, entropy, sinkhorn_knopp_targets
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
-from selfsup.methods.base import StepContext, StepOutput, ema_step_context
+from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
+from selfsup.methods.base import StepContext, StepOutput
 from selfsup.models.multicrop import forward_multicrop
-from selfsup.optim.schedules import linear_warmup
 from selfsup.registry import register
 
 # lightly's DINOProjectionHead still uses torch.nn.utils.weight_norm; the warning says nothing a user can act on.
@@ -49,6 +50,9 @@ class DINO(nn.Module):
         warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs: teacher temperature schedule.
         momentum_teacher: EMA momentum at step 0, raised to 1 with a cosine.
         freeze_last_layer_epochs: the head's last layer gets no update for this many epochs.
+        center: how the teacher's outputs are kept from collapsing: ``mean`` (DINO's EMA center, lightly's
+            ``DINOLoss``) or ``sinkhorn_knopp`` (DINOv2's teacher: equal use of every prototype in each batch; see
+            :mod:`selfsup.methods._centering`).
         koleo_weight: weight of lightly's ``KoLeoLoss`` (Sablayrolles et al. 2019) on the student's backbone
             embedding of each global view, added to the DINO loss as DINOv2 does (Oquab et al. 2023: 0.1); 0 = off.
     """
@@ -73,8 +77,11 @@ class DINO(nn.Module):
         momentum_teacher: float,
         freeze_last_layer_epochs: float,
         koleo_weight: float,
+        center: str = "mean",
     ) -> None:
         super().__init__()
+        self.center = center
+        self.student_temp = student_temp
         dim = embed_dim(backbone)  # the pooled width (MobileNetV3: head_hidden_size, not num_features)
         self.n_global = n_global
         self.out_dim = out_dim
@@ -103,22 +110,16 @@ class DINO(nn.Module):
         self.teacher_head.eval()
 
     def train(self, mode: bool = True) -> "DINO":
-        """Keep the teacher in eval mode (no drop path) whatever the student does (as DINOv2 does), except its
-        BatchNorm layers: the EMA moves parameters, not running statistics, so a teacher with BN (a CNN backbone,
-        ``batch_norm`` heads) normalises with the current batch in training, as in the authors' code."""
+        """The teacher stays in eval mode except its BatchNorm layers (:func:`set_teacher_mode`)."""
         super().train(mode)
-        self.teacher_backbone.eval()
-        self.teacher_head.eval()
-        for module in (*self.teacher_backbone.modules(), *self.teacher_head.modules()):
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
-                module.train(mode)
+        set_teacher_mode((self.teacher_backbone, self.teacher_head), mode)
         return self
 
     def step_context(self, step: int, steps_per_epoch: int, total_steps: int) -> StepContext:
-        teacher_temp = linear_warmup(
-            step, round(self.warmup_teacher_temp_epochs * steps_per_epoch), self.warmup_teacher_temp, self.teacher_temp
-        )
-        return ema_step_context(step, steps_per_epoch, total_steps, self.momentum_teacher, teacher_temp=teacher_temp)
+        return teacher_step_context(step, steps_per_epoch, total_steps, warmup_teacher_temp=self.warmup_teacher_temp,
+                                    teacher_temp=self.teacher_temp,
+                                    warmup_teacher_temp_epochs=self.warmup_teacher_temp_epochs,
+                                    momentum_teacher=self.momentum_teacher)
 
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
         v, b = len(views), views[0].shape[0]
@@ -130,24 +131,35 @@ class DINO(nn.Module):
         # Under bf16 autocast the heads' outputs are bf16; the softmaxes over k and the cross-entropy einsum run in
         # fp32 (CPU autocast would keep softmax in bf16, and autocast casts the einsum's matmul down).
         with torch.autocast(device_type=s_out.device.type, enabled=False):
-            teacher_views = [t.float() for t in t_out.chunk(self.n_global)]
-            loss = self.criterion(teacher_views, [s.float() for s in s_out.chunk(v)], teacher_temp=ctx.teacher_temp)
+            student_views = [s.float() for s in s_out.chunk(v)]
+            if self.center == "sinkhorn_knopp":  # over every global view of the batch at once, as DINOv2
+                targets = sinkhorn_knopp_targets(t_out, self._teacher_temp(ctx))  # (g*b, k)
+                loss = cross_view_entropy(list(targets.chunk(self.n_global)), student_views, self.student_temp)
+            else:
+                targets = None
+                teacher_views = [t.float() for t in t_out.chunk(self.n_global)]
+                loss = self.criterion(teacher_views, student_views, teacher_temp=ctx.teacher_temp)
+            logs = {"objective_loss": loss.detach(), **chance_logs(math.log(self.out_dim))}
             if self.koleo_weight:  # DINOv2: one KoLeo term per global view, each over the (b, d) batch
                 global_emb = s_emb[: self.n_global * b].float().chunk(self.n_global)  # g x (b, d)
                 loss = loss + self.koleo_weight * sum(self.koleo(e) for e in global_emb)
-        return StepOutput(loss=loss, logs=self._collapse_signals(s_emb.detach(), t_out.detach(), ctx.teacher_temp, b))
+        logs.update(self._collapse_signals(s_emb.detach(), t_out.detach(), targets, ctx, b))
+        return StepOutput(loss=loss, logs=logs)
+
+    def _teacher_temp(self, ctx: StepContext) -> float:
+        return self.criterion.teacher_temp if ctx.teacher_temp is None else ctx.teacher_temp
 
     @torch.no_grad()
-    def _collapse_signals(self, s_emb: Tensor, t_out: Tensor, teacher_temp: float | None, b: int) -> dict[str, Tensor]:
+    def _collapse_signals(self, s_emb: Tensor, t_out: Tensor, targets: Tensor | None, ctx: StepContext,
+                          b: int) -> dict[str, Tensor]:
         """Two collapse signals: the std of L2-normalised student embeddings of the first view (see
-        :func:`embed_std_logs`) and the teacher output entropy (0 = one-hot collapse, ln(k) = uniform collapse)."""
-        temp = self.criterion.teacher_temp if teacher_temp is None else teacher_temp
-        # the center was just updated by the loss; entropy is measured on what the teacher produced.
-        p = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / temp, dim=-1)
-        entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean()
+        :func:`embed_std_logs`) and the entropy of the teacher's targets (0 = one-hot collapse, ln(k) = uniform
+        collapse)."""
+        if targets is None:  # mean centering: the center was just updated by the loss
+            targets = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / self._teacher_temp(ctx), -1)
         return {
             **embed_std_logs(s_emb[:b]),
-            "teacher_entropy": entropy,
+            "teacher_entropy": entropy(targets),
             "teacher_entropy_max": torch.tensor(math.log(self.out_dim)),
         }
 

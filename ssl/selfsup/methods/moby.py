@@ -29,6 +29,7 @@ Shapes: b = batch per process, K = queue size, d = backbone dim, k = head output
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -37,7 +38,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
 from selfsup.methods._queue import KeyQueue
-from selfsup.methods._signals import embed_std_logs
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
@@ -122,7 +123,8 @@ class MoBY(nn.Module):
         queue2 = self.queue2.swap(k2, update=self.training)
         loss = (moby_contrastive_loss(p1, k2, queue2, self.temperature)
                 + moby_contrastive_loss(p2, k1, queue1, self.temperature))
-        return StepOutput(loss=loss, logs=embed_std_logs(emb[: views[0].shape[0]]))
+        chance = 2 * math.log(1 + queue1.shape[0])  # two terms, each 1 positive among 1 + K
+        return StepOutput(loss=loss, logs={**embed_std_logs(emb[: views[0].shape[0]]), **chance_logs(chance)})
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         pass

@@ -29,6 +29,7 @@ Shapes: b = batch per process, w = processes, d = backbone dim, k = head output 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import torch
@@ -38,7 +39,7 @@ from lightly.utils import dist
 from torch import Tensor, nn
 
 from selfsup.errors import ConfigError
-from selfsup.methods._signals import embed_std_logs
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
@@ -148,7 +149,8 @@ class MoCoV3(nn.Module):
         with torch.no_grad():
             k1, k2 = (self.momentum_projection_head(e) for e in self.momentum_backbone(x).chunk(2))
         loss = contrastive_loss(q1, k2, self.temperature) + contrastive_loss(q2, k1, self.temperature)
-        return StepOutput(loss=loss, logs=embed_std_logs(emb[: views[0].shape[0]]))
+        chance = 2 * 2 * self.temperature * math.log(q1.shape[0] * dist.world_size())  # two terms, each x 2 tau
+        return StepOutput(loss=loss, logs={**embed_std_logs(emb[: views[0].shape[0]]), **chance_logs(chance)})
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         pass

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
+from lightly.utils import dist
 from torch import Tensor, nn
 
-from selfsup.methods._signals import embed_std_logs
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_global_views, require_two_views
 from selfsup.methods.base import StepContext, StepOutput
@@ -55,7 +58,8 @@ class SimCLR(nn.Module):
         emb = self.backbone(torch.cat(views))  # (2b, d)
         z0, z1 = self.projection_head(emb).float().chunk(2)  # (b, k) each
         loss = self.criterion(z0, z1)
-        return StepOutput(loss=loss, logs=embed_std_logs(emb[: views[0].shape[0]]))
+        n = z0.shape[0] * dist.world_size()  # the global batch: 1 positive among 2n - 1 candidates
+        return StepOutput(loss=loss, logs={**embed_std_logs(emb[: views[0].shape[0]]), **chance_logs(math.log(2 * n - 1))})
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         pass

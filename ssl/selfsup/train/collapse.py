@@ -22,9 +22,8 @@ import logging
 import math
 from pathlib import Path
 
-import torch
-
 from selfsup.errors import TrainingError
+from selfsup.train.plateau import mean_over_processes
 
 log = logging.getLogger("selfsup")
 
@@ -85,10 +84,7 @@ class CollapseGuard:
             TrainingError: ``patience`` records in a row past a threshold and ``action == "stop"``: one line with
                 the signal, its value and the last healthy checkpoint.
         """
-        values = {k: float(logs[k]) for k in SIGNALS if k in logs}
-        if accelerator is not None and accelerator.num_processes > 1 and values:
-            mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), reduction="mean")
-            values = dict(zip(values, mean.tolist()))
+        values = mean_over_processes({k: float(logs[k]) for k in SIGNALS if k in logs}, accelerator)
         reason = collapse_reason(values) if step > self.start_step else None
         if reason is None or not all(math.isfinite(v) for v in values.values()):
             self.streak, self.since = 0, None

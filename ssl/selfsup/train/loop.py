@@ -34,6 +34,7 @@ from selfsup.train.checkpoint import (
 )
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
+from selfsup.train.plateau import PlateauWatch
 from selfsup.train.resume import load_resume_state
 from selfsup.train.step import TrainStep, prepare_training
 from selfsup.train.trackers import log_metrics, start_trackers
@@ -121,6 +122,8 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     monitor = make_monitor(cfg, run_dir=run_dir, stop_step=stop_step)  # kNN + checkpoints/best (monitor.data)
     guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, step.warmup_steps,
                           last_healthy=resume_dir)
+    plateau = PlateauWatch(cfg.train.plateau_steps, cfg.train.plateau_tolerance, cfg.train.on_plateau,
+                           step.warmup_steps)
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
                desc="pretrain", dynamic_ncols=True)
@@ -160,6 +163,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
             bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.0f}",
                             **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
             guard.observe(state.step, last, accelerator)  # raises on a collapse (train.on_collapse=stop)
+            plateau.observe(state.step, last, accelerator)  # raises on a plateau with train.on_plateau=stop
 
         save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
         # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final

@@ -1,0 +1,94 @@
+"""Plateau watch: say, while it happens, that a run is not learning yet (``train.on_plateau``).
+
+The failure DINO's users report most on their own small data (DINOv2 #407, DINO #246, #273) is not a collapse that
+ends in NaN but a run that sits at its starting point: the teacher's output stays near uniform and the loss near
+``ln(out_dim)``, the value of a student that predicts nothing. Contrastive methods have the same plateau at chance
+level (SimCLR: ``ln(2N - 1)`` for a global batch of N, every other view as likely as the positive). Each method logs
+its chance level as ``loss_chance``; DINO also logs ``teacher_entropy`` and its maximum ``ln(out_dim)``.
+
+A run is on the plateau at a logged step (after the lr warmup) when ``loss >= (1 - tolerance) x loss_chance`` or
+``teacher_entropy >= (1 - tolerance) x ln(out_dim)``. When that has held for ``train.plateau_steps`` steps, the
+run says so in one line naming the signal and the knobs that move it; ``train.on_plateau=stop`` then ends the run
+with that line (the last checkpoint stays). Unlike :mod:`selfsup.train.collapse` (a representation that has gone),
+a plateau is often left later, so the default is to warn.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from selfsup.errors import TrainingError
+
+log = logging.getLogger("selfsup")
+
+SIGNALS = ("loss", "objective_loss", "loss_chance", "teacher_entropy", "teacher_entropy_max")
+KNOBS = {
+    "teacher_entropy": "method.dino.center=sinkhorn_knopp, a lower method.dino.teacher_temp, a smaller "
+                       "method.dino.out_dim, or another optim.lr",
+    "loss": "the augmentations (views.*), the temperature, or another optim.lr",
+}
+
+
+def plateau_reason(values: dict[str, float], tolerance: float) -> str | None:
+    """The signal that sits at its starting value in one log record, in words, or ``None``."""
+    ent, ent_max = values.get("teacher_entropy"), values.get("teacher_entropy_max")
+    if ent is not None and ent_max and ent >= (1 - tolerance) * ent_max:
+        return f"teacher_entropy {ent:.3f} is within {tolerance:.0%} of ln(out_dim) = {ent_max:.3f} (a near-uniform teacher)"
+    # objective_loss: the part of the loss with a chance level (DINO without its KoLeo term), else the loss
+    loss, chance = values.get("objective_loss", values.get("loss")), values.get("loss_chance")
+    if loss is not None and chance and loss >= (1 - tolerance) * chance:
+        return f"loss {loss:.3f} is within {tolerance:.0%} of its chance level {chance:.3f} (nothing learnt yet)"
+    return None
+
+
+def mean_over_processes(values: dict[str, float], accelerator=None) -> dict[str, float]:
+    """``values`` averaged over the processes (a collective), so that every process decides alike."""
+    if accelerator is not None and accelerator.num_processes > 1 and values:
+        mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), reduction="mean")
+        values = dict(zip(values, mean.tolist()))
+    return values
+
+
+class PlateauWatch:
+    """Tracks how long the run has stayed on its plateau.
+
+    Args:
+        steps: ``train.plateau_steps``, the stretch that counts as a plateau (0 = off).
+        tolerance: ``train.plateau_tolerance``, how close to the starting value counts as "at" it.
+        action: ``train.on_plateau`` (``warn`` or ``stop``).
+        start_step: checks begin after this step (the end of the learning-rate warmup).
+    """
+
+    def __init__(self, steps: int, tolerance: float, action: str, start_step: int) -> None:
+        self.steps, self.tolerance, self.action, self.start_step = steps, tolerance, action, start_step
+        self.since: int | None = None
+        self.warned = False
+
+    def observe(self, step: int, logs: dict[str, float], accelerator=None) -> str | None:
+        """Check the log record of ``step``; returns the line when the plateau is named at this step.
+
+        Raises:
+            TrainingError: the plateau has lasted ``steps`` steps and ``action == "stop"``.
+        """
+        if not self.steps:
+            return None
+        values = mean_over_processes({k: float(logs[k]) for k in SIGNALS if k in logs}, accelerator)
+        reason = plateau_reason(values, self.tolerance) if step > self.start_step else None
+        if reason is None or not all(math.isfinite(v) for v in values.values()):
+            self.since, self.warned = None, False
+            return None
+        if self.since is None:
+            self.since = step
+        if step - self.since < self.steps or self.warned:
+            return None
+        signal = "teacher_entropy" if reason.startswith("teacher_entropy") else "loss"
+        line = (f"plateau since step {self.since}: {reason}, for {step - self.since} steps; what moves it: "
+                f"{KNOBS[signal]} (docs/monitor.md)")
+        if self.action == "stop":
+            raise TrainingError(f"{line}; stopped by train.on_plateau=stop")
+        self.warned = True  # once per plateau
+        log.warning("%s (train.on_plateau=warn: training goes on)", line)
+        return line
