@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: on a fresh clone, set up .venv, then run the whole pipeline on the embedded example
 # (ELPV solar-cell images from the elpv-dataset package) on the CPU:
-#   images -> webdataset shards -> DINO pretraining (tiny ViT) -> export for timm -> evaluation report.
+#   images -> webdataset shards -> DINOv2 pretraining (tiny ViT) -> export for timm -> evaluation report.
 # Output: runs/quickstart/ (export in runs/quickstart/export/, report in runs/quickstart/report/).
 # Extra args are config overrides for the pretraining step, e.g. train.max_steps=50.
 set -euo pipefail
@@ -17,10 +17,10 @@ echo "== 2/5 shards: selfsup shard $OUT/data/unlabelled $OUT/shards"
 rm -rf "$OUT/shards"
 selfsup shard "$OUT/data/unlabelled" "$OUT/shards" --max-per-shard 256
 
-echo "== 3/5 pretrain: selfsup pretrain configs/dino_vit_tiny_cpu.yaml (CPU, a few minutes)"
+echo "== 3/5 pretrain: selfsup pretrain configs/dinov2_vit_tiny_cpu.yaml (CPU, a few minutes)"
 # run.overwrite=true: a second quickstart starts its own run over (a run still using the folder is refused)
-selfsup pretrain configs/dino_vit_tiny_cpu.yaml run.dir="$OUT/run" data.shards="$OUT/shards" \
-  train.epochs=4 train.progress=false run.overwrite=true "$@"
+selfsup pretrain configs/dinov2_vit_tiny_cpu.yaml run.dir="$OUT/run" data.shards="$OUT/shards" \
+  train.progress=false run.overwrite=true "$@"
 
 echo "== 4/5 export: selfsup export $OUT/run $OUT/export"
 selfsup export "$OUT/run" "$OUT/export"

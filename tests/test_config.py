@@ -70,3 +70,10 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config(CONFIGS / "dino_vit_tiny_cpu.yaml", ["optim.lr=2e-4"])
     path = save_config(cfg, tmp_path)
     assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Each file under configs/ resolves: base chain, known keys, ranges, choices and view rules."""
+    cfg = load_config(path)
+    assert cfg.method.name and cfg.model.name

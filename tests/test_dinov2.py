@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -111,8 +112,9 @@ def test_one_dinov2_step_masks_moves_the_teacher_and_logs_its_terms():
     out = m(views, ctx)
     assert torch.isfinite(out.loss)
     assert out.logs["masked_tokens"] > 0 and out.logs["ibot_loss"] > 0
-    torch.testing.assert_close(out.loss, out.logs["objective_loss"] + out.logs["ibot_loss"]
-                               + 0.1 * out.logs["koleo_loss"])
+    torch.testing.assert_close(out.loss, out.logs["dino_loss"] + out.logs["ibot_loss"] + 0.1 * out.logs["koleo_loss"])
+    torch.testing.assert_close(out.logs["objective_loss"], out.logs["dino_loss"] + out.logs["ibot_loss"])
+    assert float(out.logs["loss_chance"]) == pytest.approx(math.log(64) + math.log(32))  # DINO + separate iBOT head
     out.loss.backward()
     assert m.student_backbone.mask_token.grad is not None and m.student_backbone.mask_token.grad.abs().sum() > 0
     assert all(p.grad is None for p in m.teacher_backbone.parameters())

@@ -137,6 +137,22 @@ def test_fsdp_moby_swin_wrapping_swin_blocks_trains_like_ddp(tmp_path, shards):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4, msg=f"{k} differs between FSDP and DDP")
 
 
+def test_fsdp_dinov2_masked_student_trains_like_ddp_and_exports(tmp_path, shards):
+    """DINOv2: the masked student (lightly's wrapper around the timm ViT, whose Blocks FSDP2 wraps), its mask token
+    in the root unit; the same steps as DDP, and the export is the teacher ViT that timm reloads."""
+    extra = ("method.name=dinov2", "method.dinov2.out_dim=64", "method.dinov2.hidden_dim=32",
+             "method.dinov2.bottleneck_dim=16", "train.max_steps=4", "train.save_every=4")
+    run(*tiny_dino_args(tmp_path / "fsdp", shards, *extra), **FSDP_2PROC)
+    run(*tiny_dino_args(tmp_path / "ddp", shards, *extra))
+    a, b = last_weights(tmp_path / "fsdp"), last_weights(tmp_path / "ddp")
+    assert set(a) == set(b) and "student_backbone.mask_token" in a
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{k} differs between FSDP and DDP")
+    export(tmp_path / "fsdp", tmp_path / "export")
+    model = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True, num_classes=0)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, model.num_features)
+
+
 def test_fsdp_elastic_resume_reshards_onto_more_processes(tmp_path, shards):
     """Written by 2 FSDP processes (batch 4), resumed by 4 (batch 2, same global batch): torch.distributed.checkpoint
     re-shards model and optimizer; the interrupted epoch restarts."""

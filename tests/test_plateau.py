@@ -26,6 +26,10 @@ def test_plateau_reason_names_the_teacher_entropy_then_the_loss():
     assert "loss 8.300 is within 5% of its chance level 8.318" in plateau_reason({**learning, "loss": 8.3}, 0.05)
     # DINO with KoLeo: the DINO term (objective_loss) is what has a chance level, not the sum
     assert plateau_reason({**learning, "loss": 8.3, "objective_loss": 3.0}, 0.05) is None
+    # a near-uniform teacher while the loss is well below chance (DINOv2 learning through iBOT): not a plateau
+    assert plateau_reason({**UNIFORM, "objective_loss": 10.0, "loss_chance": 2 * math.log(4096)}, 0.05) is None
+    # no chance level logged: the entropy alone decides
+    assert "teacher_entropy" in plateau_reason({"teacher_entropy": 8.2, "teacher_entropy_max": math.log(4096)}, 0.05)
 
 
 def test_watch_fires_once_after_the_stretch_and_resets_when_the_run_moves(caplog):

@@ -218,8 +218,11 @@ class DINOv2(nn.Module):
                         else s_out.new_zeros((), dtype=torch.float32))
             koleo = sum(self.koleo(e) for e in s_cls.float().chunk(g))  # one term per global view
             loss = dino + self.ibot_weight * ibot + self.koleo_weight * koleo
-        logs = {"objective_loss": dino.detach(), "ibot_loss": ibot.detach(), "koleo_loss": koleo.detach(),
-                "masked_tokens": flat.sum().float(), **chance_logs(math.log(self.out_dim)),
+        # the part with a chance level: DINO + iBOT (each ln(prototypes) for a student that predicts nothing)
+        chance = math.log(self.out_dim) + (self.ibot_weight * math.log(self.ibot_out_dim) if masked else 0.0)
+        logs = {"objective_loss": (dino + self.ibot_weight * ibot).detach(), "dino_loss": dino.detach(),
+                "ibot_loss": ibot.detach(), "koleo_loss": koleo.detach(), "masked_tokens": flat.sum().float(),
+                **chance_logs(chance),
                 **embed_std_logs(s_emb[:b]), "teacher_entropy": entropy(targets.detach()),
                 "teacher_entropy_max": torch.tensor(math.log(self.out_dim))}
         return StepOutput(loss=loss, logs=logs)

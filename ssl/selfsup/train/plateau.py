@@ -6,8 +6,8 @@ ends in NaN but a run that sits at its starting point: the teacher's output stay
 level (SimCLR: ``ln(2N - 1)`` for a global batch of N, every other view as likely as the positive). Each method logs
 its chance level as ``loss_chance``; DINO also logs ``teacher_entropy`` and its maximum ``ln(out_dim)``.
 
-A run is on the plateau at a logged step (after the lr warmup) when ``loss >= (1 - tolerance) x loss_chance`` or
-``teacher_entropy >= (1 - tolerance) x ln(out_dim)``. When that has held for ``train.plateau_steps`` steps, the
+A run is on the plateau at a logged step (after the lr warmup) when ``loss >= (1 - tolerance) x loss_chance``
+(:func:`plateau_reason` says which signal to name). When that has held for ``train.plateau_steps`` steps, the
 run says so in one line naming the signal and the knobs that move it; ``train.on_plateau=stop`` then ends the run
 with that line (the last checkpoint stays). Unlike :mod:`selfsup.train.collapse` (a representation that has gone),
 a plateau is often left later, so the default is to warn.
@@ -33,13 +33,20 @@ KNOBS = {
 
 
 def plateau_reason(values: dict[str, float], tolerance: float) -> str | None:
-    """The signal that sits at its starting value in one log record, in words, or ``None``."""
+    """Why one log record is on the plateau, in words, or ``None``.
+
+    The loss with a chance level (``objective_loss`` where a method logs it, else ``loss``) decides; when it is at
+    chance and the teacher's entropy is also near ``ln(out_dim)``, the entropy is named, as the more telling signal.
+    A near-uniform teacher with a loss well below chance (DINOv2 learning through its iBOT term) is not a plateau.
+    Without a logged chance level, the entropy alone decides.
+    """
     ent, ent_max = values.get("teacher_entropy"), values.get("teacher_entropy_max")
-    if ent is not None and ent_max and ent >= (1 - tolerance) * ent_max:
-        return f"teacher_entropy {ent:.3f} is within {tolerance:.0%} of ln(out_dim) = {ent_max:.3f} (a near-uniform teacher)"
-    # objective_loss: the part of the loss with a chance level (DINO without its KoLeo term), else the loss
+    uniform = ent is not None and bool(ent_max) and ent >= (1 - tolerance) * ent_max
     loss, chance = values.get("objective_loss", values.get("loss")), values.get("loss_chance")
-    if loss is not None and chance and loss >= (1 - tolerance) * chance:
+    at_chance = loss is not None and bool(chance) and loss >= (1 - tolerance) * chance
+    if uniform and (at_chance or not chance):
+        return f"teacher_entropy {ent:.3f} is within {tolerance:.0%} of ln(out_dim) = {ent_max:.3f} (a near-uniform teacher)"
+    if at_chance:
         return f"loss {loss:.3f} is within {tolerance:.0%} of its chance level {chance:.3f} (nothing learnt yet)"
     return None
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One screen on the quickstart's ELPV data: pretrain CONFIG with OVERRIDES on every cell (no labels), export, and
+# kNN k=20 of the export and of its random init on the defect labels (1,000 train / 400 val cells of the
+# quickstart's split). The table in docs/benchmarks.md ("ELPV") was made with it.
+#   bash benchmarks/elpv_screen.sh NAME CONFIG [OVERRIDES...]
+#   bash benchmarks/elpv_screen.sh v2 configs/dinov2_vit_tiny_cpu.yaml run.seed=1
+# Output: runs/elpv_screen/NAME/{run,export,knn} and a line in runs/elpv_screen/results.txt.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+[ $# -ge 2 ] || { echo "usage: bash benchmarks/elpv_screen.sh NAME CONFIG [OVERRIDES...]" >&2; exit 2; }
+NAME=$1; CFG=$2; shift 2
+OUT=runs/elpv_screen
+if [ ! -d "$OUT/shards" ]; then
+  python -c "from selfsup.examples.elpv import prepare_elpv; print(prepare_elpv('$OUT/data'))"
+  selfsup shard "$OUT/data/unlabelled" "$OUT/shards" --max-per-shard 256
+fi
+start=$(date +%s)
+selfsup pretrain "$CFG" run.dir="$OUT/$NAME/run" data.shards="$OUT/shards" train.progress=false run.overwrite=true "$@"
+secs=$(( $(date +%s) - start ))
+selfsup export "$OUT/$NAME/run" "$OUT/$NAME/export"
+selfsup-eval knn --weights "$OUT/$NAME/export" --train "$OUT/data/labelled/train" --val "$OUT/data/labelled/val" \
+  --out "$OUT/$NAME/knn" --label-fractions 1.0 --seeds 1 --max-train 1000 --max-val 400
+python - "$OUT/$NAME/knn/knn.json" "$NAME" "$secs" <<'PY' | tee -a "$OUT/results.txt"
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+top1 = {r["model"]: 100 * r["top1"] for r in runs if r["k"] == 20}
+print(f"{sys.argv[2]}: kNN k=20 pretrained {top1['pretrained']:.1f} random init {top1['random_init']:.1f} "
+      f"(pretraining {int(sys.argv[3]) // 60} min {int(sys.argv[3]) % 60} s)")
+PY
