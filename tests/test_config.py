@@ -45,6 +45,12 @@ def test_base_chain_and_overrides():
         ("method.distill.loss=l1", "'method.distill.loss': 'l1' (expected one of: seed, cosine, mse)"),
         ("method.distill.queue_size=0", "'method.distill.queue_size': 0 (expected >= 1 for method.distill.loss=seed)"),
         ("method.distill.student_temp=0", "'method.distill.student_temp': 0.0 (expected a finite number > 0)"),
+        ("train.on_plateau=ignore", "'train.on_plateau': 'ignore' (expected one of: warn, stop)"),
+        ("train.plateau_tolerance=1.5", "'train.plateau_tolerance': 1.5 (expected a finite number in (0, 1))"),
+        ("train.plateau_steps=-1", "'train.plateau_steps': -1 (expected an integer >= 0)"),
+        ("views.vflip_prob=2", "'views.vflip_prob': 2"),
+        ("views.cj_strength=-0.5", "'views.cj_strength': -0.5"),
+        ("method.dino.center=median", "'method.dino.center': 'median' (expected one of: mean, sinkhorn_knopp)"),
     ],
 )
 def test_errors_name_the_key(override, fragment):

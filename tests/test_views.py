@@ -107,3 +107,30 @@ def test_blur_on_upsampled_crop_matches_blur_after_resize():
 def test_bad_settings_raise_config_error_when_the_config_is_loaded(override, key):
     with pytest.raises(ConfigError, match=f"bad value for '{key}"):
         load_config(overrides=[override])
+
+
+@pytest.mark.parametrize("key,expected", [("vflip_prob", Image.Transpose.FLIP_TOP_BOTTOM),
+                                          ("rot90_prob", Image.Transpose.ROTATE_90)])
+def test_vertical_flip_and_quarter_turn_move_the_pixels_as_named(key, expected):
+    """With the crop covering the whole image and no colour change, the view is the image flipped / turned."""
+    img = _image(size=(24, 24))
+    plain = dict(size=24, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_prob=0.0, cj_prob=0.0, gray_prob=0.0,
+                 blur_prob=0.0, **NORM)
+    torch.manual_seed(0)
+    turned = ViewTransform(**plain, **{key: 1.0})(img)
+    reference = ViewTransform(**plain)(img.transpose(expected))
+    torch.testing.assert_close(turned, reference)
+    assert not torch.equal(turned, ViewTransform(**plain)(img))
+
+
+def test_lightly_backend_takes_the_same_flip_turn_and_colour_keys():
+    from lightly.transforms import DINOTransform
+
+    from selfsup.build import build_transform
+
+    cfg = load_config(None, ["views.backend=lightly", "views.vflip_prob=0.5", "views.rot90_prob=0.5",
+                             "views.cj_strength=0.5", "views.gray_prob=0", "views.global_crop_size=32",
+                             "views.local_crop_size=16"])
+    t = build_transform(cfg)
+    assert isinstance(t, DINOTransform)
+    assert len(t(_image())) == 2 + cfg.views.n_local
