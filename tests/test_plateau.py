@@ -44,6 +44,9 @@ def test_watch_fires_once_after_the_stretch_and_resets_when_the_run_moves(caplog
     assert watch.observe(60, {**UNIFORM, "teacher_entropy": 4.0, "loss": 4.0}) is None  # left the plateau
     assert watch.since is None
     assert PlateauWatch(steps=0, tolerance=0.05, action="stop", start_step=0).observe(100, UNIFORM) is None  # off
+    other = PlateauWatch(steps=1, tolerance=0.05, action="warn", start_step=0, method="dinov2")
+    other.observe(1, UNIFORM)
+    assert "method.dinov2.teacher_temp" in other.observe(2, UNIFORM)  # the keys of the method that runs
 
 
 def test_stop_raises_one_line():

@@ -25,11 +25,14 @@ from selfsup.errors import TrainingError
 log = logging.getLogger("selfsup")
 
 SIGNALS = ("loss", "objective_loss", "loss_chance", "teacher_entropy", "teacher_entropy_max")
-KNOBS = {
-    "teacher_entropy": "method.dino.center=sinkhorn_knopp, a lower method.dino.teacher_temp, a smaller "
-                       "method.dino.out_dim, or another optim.lr",
-    "loss": "the augmentations (views.*), the temperature, or another optim.lr",
-}
+
+
+def knobs(signal: str, method: str) -> str:
+    """The config keys that move a plateau of ``signal`` for ``method.name`` (named in the line)."""
+    if signal == "teacher_entropy":
+        return (f"method.{method}.center=sinkhorn_knopp, a lower method.{method}.teacher_temp, a smaller "
+                f"method.{method}.out_dim, or another optim.lr")
+    return f"the augmentations (views.*), the method's temperature or head (method.{method}.*), or another optim.lr"
 
 
 def plateau_reason(values: dict[str, float], tolerance: float) -> str | None:
@@ -67,10 +70,12 @@ class PlateauWatch:
         tolerance: ``train.plateau_tolerance``, how close to the starting value counts as "at" it.
         action: ``train.on_plateau`` (``warn`` or ``stop``).
         start_step: checks begin after this step (the end of the learning-rate warmup).
+        method: ``method.name``, for the keys the line names.
     """
 
-    def __init__(self, steps: int, tolerance: float, action: str, start_step: int) -> None:
+    def __init__(self, steps: int, tolerance: float, action: str, start_step: int, method: str = "dino") -> None:
         self.steps, self.tolerance, self.action, self.start_step = steps, tolerance, action, start_step
+        self.method = method
         self.since: int | None = None
         self.warned = False
 
@@ -93,7 +98,7 @@ class PlateauWatch:
             return None
         signal = "teacher_entropy" if reason.startswith("teacher_entropy") else "loss"
         line = (f"plateau since step {self.since}: {reason}, for {step - self.since} steps; what moves it: "
-                f"{KNOBS[signal]} (docs/monitor.md)")
+                f"{knobs(signal, self.method)} (docs/monitor.md)")
         if self.action == "stop":
             raise TrainingError(f"{line}; stopped by train.on_plateau=stop")
         self.warned = True  # once per plateau
