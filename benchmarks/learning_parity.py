@@ -7,7 +7,7 @@ hyper-parameter from the resolved ``config.yaml`` of our run, so the two cannot 
 what we want to test: our shard stream, view code, method wrappers, step and checkpointing vs a torch
 ``DataLoader(shuffle=True)`` over the image folder with lightly's ``DINOTransform`` and lightly's heads/losses.
 
-    python benchmarks/learning_parity.py [--methods dino simclr] [--seeds 0 1] [--epochs 3] [--out runs/learning_parity]
+    python benchmarks/learning_parity.py [--methods dino dinov2 simclr] [--seeds 0 1] [--epochs 3] [--out runs/learning_parity]
 
 Needs ``runs/cifar10_methods/{shards,subset,data}`` (made by ``benchmarks/cifar10_methods.sh``). Writes
 ``OUT/results.md`` and ``OUT/results.json``.
