@@ -12,10 +12,12 @@ import subprocess
 import pytest
 import torch
 
+from tests.conftest import SHARED_DATA
 from tests.launch_utils import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}",
+       "SHARED_DATA": os.environ.get("SHARED_DATA", str(SHARED_DATA))}  # ../shared/data, else this workplace's copy
 NUMBERS = ("images_per_s", "step_s", "mfu", "peak_memory_gb", "knn_top1")
 STEP_ROWS = [f"{m}/{mode}" for mode in ("eager", "compile") for m in ("dino_vit_s16", "dino_swin_t", "simclr_vit_s16")]
 
