@@ -12,8 +12,8 @@ The methods log two collapse signals (:mod:`selfsup.methods._signals`, :class:`s
 
 A freshly initialised DINO teacher is close to uniform (entropy near ``ln(k)``) and a random ViT maps images close
 together, so the checks start only after the learning-rate warmup, and a signal must stay past its threshold
-for ``train.collapse_patience`` logged steps in a row. Signals are averaged over processes first, so every
-process takes the same decision.
+for ``train.collapse_patience`` logged steps in a row. The loop averages the signals over processes first (one
+collective shared with the plateau watch), so every process takes the same decision.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import math
 from pathlib import Path
 
 from selfsup.errors import TrainingError
-from selfsup.train.plateau import mean_over_processes
 
 log = logging.getLogger("selfsup")
 
@@ -77,14 +76,14 @@ class CollapseGuard:
         if not self.collapsing:
             self.last_healthy = ckpt
 
-    def observe(self, step: int, logs: dict[str, float], accelerator=None) -> None:
-        """Check the collapse signals of the log record of ``step``.
+    def observe(self, step: int, logs: dict[str, float]) -> None:
+        """Check the collapse signals of the log record of ``step`` (already averaged over processes).
 
         Raises:
             TrainingError: ``patience`` records in a row past a threshold and ``action == "stop"``: one line with
                 the signal, its value and the last healthy checkpoint.
         """
-        values = mean_over_processes({k: float(logs[k]) for k in SIGNALS if k in logs}, accelerator)
+        values = {k: float(logs[k]) for k in SIGNALS if k in logs}
         reason = collapse_reason(values) if step > self.start_step else None
         if reason is None or not all(math.isfinite(v) for v in values.values()):
             self.streak, self.since = 0, None

@@ -32,6 +32,7 @@ from selfsup.train.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
+from selfsup.train import collapse, plateau as plateau_watch
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.plateau import PlateauWatch
@@ -52,6 +53,16 @@ def _cpu_threads(local_processes: int) -> None:
     """
     if "OMP_NUM_THREADS" not in os.environ and local_processes > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // local_processes))
+
+
+def _mean_over_processes(values: dict[str, float], accelerator: Accelerator) -> dict[str, float]:
+    """The watched signals averaged over the processes in one collective, so that the collapse guard and the plateau
+    watch take the same decision on every process (keys sorted: every process sends them in one order)."""
+    values = dict(sorted(values.items()))
+    if accelerator.num_processes > 1 and values:
+        mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), reduction="mean")
+        values = dict(zip(values, mean.tolist()))
+    return values
 
 
 def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, Any]:
@@ -162,8 +173,10 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
             log_metrics(accelerator, metrics_path, last)
             bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.0f}",
                             **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
-            guard.observe(state.step, last, accelerator)  # raises on a collapse (train.on_collapse=stop)
-            plateau.observe(state.step, last, accelerator)  # raises on a plateau with train.on_plateau=stop
+            signals = _mean_over_processes(
+                {k: float(last[k]) for k in {*collapse.SIGNALS, *plateau_watch.SIGNALS} & last.keys()}, accelerator)
+            guard.observe(state.step, signals)  # raises on a collapse (train.on_collapse=stop)
+            plateau.observe(state.step, signals)  # raises on a plateau with train.on_plateau=stop
 
         save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
         # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final

@@ -18,8 +18,6 @@ from __future__ import annotations
 import logging
 import math
 
-import torch
-
 from selfsup.errors import TrainingError
 
 log = logging.getLogger("selfsup")
@@ -54,14 +52,6 @@ def plateau_reason(values: dict[str, float], tolerance: float) -> str | None:
     return None
 
 
-def mean_over_processes(values: dict[str, float], accelerator=None) -> dict[str, float]:
-    """``values`` averaged over the processes (a collective), so that every process decides alike."""
-    if accelerator is not None and accelerator.num_processes > 1 and values:
-        mean = accelerator.reduce(torch.tensor(list(values.values()), device=accelerator.device), reduction="mean")
-        values = dict(zip(values, mean.tolist()))
-    return values
-
-
 class PlateauWatch:
     """Tracks how long the run has stayed on its plateau.
 
@@ -79,15 +69,16 @@ class PlateauWatch:
         self.since: int | None = None
         self.warned = False
 
-    def observe(self, step: int, logs: dict[str, float], accelerator=None) -> str | None:
-        """Check the log record of ``step``; returns the line when the plateau is named at this step.
+    def observe(self, step: int, logs: dict[str, float]) -> str | None:
+        """Check the log record of ``step`` (its signals already averaged over processes, so that every process
+        decides alike); returns the line when the plateau is named at this step.
 
         Raises:
             TrainingError: the plateau has lasted ``steps`` steps and ``action == "stop"``.
         """
         if not self.steps:
             return None
-        values = mean_over_processes({k: float(logs[k]) for k in SIGNALS if k in logs}, accelerator)
+        values = {k: float(logs[k]) for k in SIGNALS if k in logs}
         reason = plateau_reason(values, self.tolerance) if step > self.start_step else None
         if reason is None or not all(math.isfinite(v) for v in values.values()):
             self.since, self.warned = None, False
