@@ -32,7 +32,7 @@ DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
 ON_COLLAPSE = ("stop", "warn")
 DISTILL_LOSSES = ("seed", "cosine", "mse")
-CENTERS = ("mean", "sinkhorn_knopp")  # method.dino.center (selfsup.methods._centering)
+CENTERS = ("mean", "sinkhorn_knopp")  # method.dino.center, method.dinov2.center (selfsup.methods._centering)
 ON_PLATEAU = ("warn", "stop")
 
 

@@ -36,6 +36,12 @@ def sinkhorn_knopp_targets(logits: Tensor, temperature: float, iterations: int =
     return sinkhorn(shifted, iterations=iterations, epsilon=temperature, gather_distributed=gather)
 
 
+def mean_centered_targets(logits: Tensor, center: Tensor, temperature: float) -> Tensor:
+    """DINO's teacher probabilities (n, k): ``softmax((logits - center) / temperature)`` around the EMA center that
+    lightly's ``DINOLoss`` keeps (computed here for the collapse signals; the loss computes its own)."""
+    return torch.softmax((logits.float() - center.view(1, -1)) / temperature, dim=-1)
+
+
 def cross_view_entropy(teacher_probs: list[Tensor], student_logits: list[Tensor], student_temp: float) -> Tensor:
     """DINO's loss on given teacher probabilities: the mean over (teacher view i, student view j != i) of
     ``-sum_k p_i log softmax(s_j / student_temp)``, averaged over the batch; the same terms as lightly's

@@ -26,7 +26,7 @@ from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
-from selfsup.methods._centering import cross_view_entropy, entropy, sinkhorn_knopp_targets
+from selfsup.methods._centering import cross_view_entropy, entropy, mean_centered_targets, sinkhorn_knopp_targets
 from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
 from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
@@ -156,7 +156,7 @@ class DINO(nn.Module):
         :func:`embed_std_logs`) and the entropy of the teacher's targets (0 = one-hot collapse, ln(k) = uniform
         collapse)."""
         if targets is None:  # mean centering: the center was just updated by the loss
-            targets = torch.softmax((t_out.float() - self.criterion.center.view(1, -1)) / self._teacher_temp(ctx), -1)
+            targets = mean_centered_targets(t_out, self.criterion.center, self._teacher_temp(ctx))
         return {
             **embed_std_logs(s_emb[:b]),
             "teacher_entropy": entropy(targets),

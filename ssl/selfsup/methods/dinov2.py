@@ -38,6 +38,7 @@ from selfsup.methods._centering import (
     cross_view_entropy,
     entropy,
     masked_patch_entropy,
+    mean_centered_targets,
     sinkhorn_knopp_targets,
 )
 from selfsup.methods._signals import chance_logs, embed_std_logs
@@ -213,15 +214,18 @@ class DINOv2(nn.Module):
                                              self.student_temp) if masked else s_out.new_zeros((), dtype=torch.float32))
             else:
                 dino = self.dino_loss([t.float() for t in t_out.chunk(g)], student_views, teacher_temp=temp)
-                targets = torch.softmax((t_out.float() - self.dino_loss.center.view(1, -1)) / temp, dim=-1)
+                targets = mean_centered_targets(t_out, self.dino_loss.center, temp)  # for the entropy signal
                 ibot = (self.ibot_loss(t_patch.float(), s_patch.float(), masks, teacher_temp=temp) if masked
                         else s_out.new_zeros((), dtype=torch.float32))
-            koleo = sum(self.koleo(e) for e in s_cls.float().chunk(g))  # one term per global view
-            loss = dino + self.ibot_weight * ibot + self.koleo_weight * koleo
+            loss = dino + self.ibot_weight * ibot
+            if self.koleo_weight:  # one term per global view, each over the (b, d) batch, as DINO's
+                koleo = sum(self.koleo(e) for e in s_cls.float().chunk(g))
+                loss = loss + self.koleo_weight * koleo
         # the part with a chance level: DINO + iBOT (each ln(prototypes) for a student that predicts nothing)
         chance = math.log(self.out_dim) + (self.ibot_weight * math.log(self.ibot_out_dim) if masked else 0.0)
         logs = {"objective_loss": (dino + self.ibot_weight * ibot).detach(), "dino_loss": dino.detach(),
-                "ibot_loss": ibot.detach(), "koleo_loss": koleo.detach(), "masked_tokens": flat.sum().float(),
+                "ibot_loss": ibot.detach(), **({"koleo_loss": koleo.detach()} if self.koleo_weight else {}),
+                "masked_tokens": flat.sum().float(),
                 **chance_logs(chance),
                 **embed_std_logs(s_emb[:b]), "teacher_entropy": entropy(targets.detach()),
                 "teacher_entropy_max": torch.tensor(math.log(self.out_dim))}
