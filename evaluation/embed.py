@@ -25,6 +25,7 @@ import safetensors.torch
 import torch
 
 from evaluation.features import embed, eval_transform, resolve_device
+from evaluation.fingerprints import file_sha256, perceptual_hash
 from evaluation.models import ModelSource, load_model
 from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.data.decode import IMAGE_EXTENSIONS, IMAGE_KEYS
@@ -51,39 +52,72 @@ def image_files(root: str | Path) -> list[tuple[str, str]]:
     return files
 
 
-class _Images(torch.utils.data.IterableDataset):
-    """``(key, transformed image)`` from a folder or shards, split over DataLoader workers."""
+def iter_images(*, files: list[tuple[str, str]] | None = None, urls: list[str] | None = None,
+                worker: tuple[int, int] = (0, 1)) -> Iterator[tuple[str, bytes]]:
+    """``(key, encoded bytes)`` of a folder's ``files`` (from :func:`image_files`) or of shard ``urls``; with
+    ``worker=(id, count)`` only that DataLoader worker's share (every ``count``-th file or shard)."""
+    wid, nw = worker
+    if files is not None:
+        for key, path in files[wid::nw]:
+            with open(path, "rb") as f:
+                yield key, f.read()
+        return
+    import webdataset as wds
+
+    for url in (urls or [])[wid::nw]:
+        for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
+            img_key = next((k for k in IMAGE_KEYS if k in sample), None)
+            if img_key is None:
+                raise DataError(f"{url}: sample {sample.get('__key__')!r} has keys {sorted(sample)}; "
+                                f"expected an image ({'/'.join(IMAGE_KEYS)})")
+            yield f"{url}#{sample['__key__']}", sample[img_key]
+
+
+class ImageStream(torch.utils.data.IterableDataset):
+    """``(key, transformed image)`` from a folder or shards, split over DataLoader workers; with ``fingerprints``
+    ``(key, transformed image, file SHA-256, perceptual hash)`` (:mod:`evaluation.fingerprints`)."""
 
     def __init__(self, transform: Any, *, files: list[tuple[str, str]] | None = None,
-                 urls: list[str] | None = None) -> None:
+                 urls: list[str] | None = None, fingerprints: bool = False) -> None:
         super().__init__()
-        self.transform, self.files, self.urls = transform, files, urls
+        self.transform, self.files, self.urls, self.fingerprints = transform, files, urls, fingerprints
 
-    def _raw(self) -> Iterator[tuple[str, bytes]]:
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
         info = torch.utils.data.get_worker_info()
-        wid, nw = (0, 1) if info is None else (info.id, info.num_workers)
-        if self.files is not None:
-            for key, path in self.files[wid::nw]:
-                with open(path, "rb") as f:
-                    yield key, f.read()
-            return
-        import webdataset as wds
-
-        for url in (self.urls or [])[wid::nw]:
-            for sample in wds.WebDataset(url, shardshuffle=False, empty_check=False):
-                img_key = next((k for k in IMAGE_KEYS if k in sample), None)
-                if img_key is None:
-                    raise DataError(f"{url}: sample {sample.get('__key__')!r} has keys {sorted(sample)}; "
-                                    f"expected an image ({'/'.join(IMAGE_KEYS)})")
-                yield f"{url}#{sample['__key__']}", sample[img_key]
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for key, blob in self._raw():
+        worker = (0, 1) if info is None else (info.id, info.num_workers)
+        for key, blob in iter_images(files=self.files, urls=self.urls, worker=worker):
             try:
                 img = decode_rgb(blob)
             except BadSample as e:
                 raise DataError(f"{key}: cannot decode image ({e.reason}); expected a valid image") from None
-            yield key, self.transform(img)
+            if self.fingerprints:
+                yield key, self.transform(img), file_sha256(blob), perceptual_hash(img)
+            else:
+                yield key, self.transform(img)
+
+
+def embed_stream(model: torch.nn.Module, dataset: ImageStream, *, batch_size: int, num_workers: int,
+                 device: str) -> tuple[Any, ...]:
+    """Run the frozen backbone over an :class:`ImageStream` (bf16 autocast on CUDA): ``(keys, (n, d) embeddings)``,
+    then, for a stream with fingerprints, ``(file SHA-256s, (n,) int64 perceptual hashes)``."""
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    columns: list[list[Any]] = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    with torch.inference_mode():
+        for batch_keys, x, *prints in loader:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                row = [list(batch_keys), embed(model, x.to(dev)).float().cpu(), *prints]
+            columns = columns or [[] for _ in row]
+            for col, value in zip(columns, row):
+                col.append(value)
+    if not columns:
+        return ([], torch.empty(0), [], torch.empty(0, dtype=torch.int64))[:4 if dataset.fingerprints else 2]
+    keys = [k for ks in columns[0] for k in ks]
+    out: list[Any] = [keys, torch.cat(columns[1]).contiguous()]
+    if dataset.fingerprints:
+        out += [[h for hs in columns[2] for h in hs], torch.cat(columns[3]).contiguous()]
+    return tuple(out)
 
 
 def run_embed(*, weights: str, out: str | Path, images: str | None = None, shards: str | None = None,
@@ -98,18 +132,10 @@ def run_embed(*, weights: str, out: str | Path, images: str | None = None, shard
         raise ConfigError(f"{target} exists; expected a new --out folder (embed does not overwrite)")
     loaded = load_model(ModelSource("pretrained", "export", weights), img_size=img_size)
     transform = eval_transform(loaded)
-    dataset = (_Images(transform, files=image_files(images)) if images is not None
-               else _Images(transform, urls=expand_shards(shards, strict=True)))
-    dev = resolve_device(device)
-    model = loaded.model.to(dev).eval()
-    keys: list[str] = []
-    chunks: list[torch.Tensor] = []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    with torch.inference_mode():
-        for batch_keys, x in loader:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                chunks.append(embed(model, x.to(dev)).float().cpu())
-            keys.extend(batch_keys)
+    dataset = (ImageStream(transform, files=image_files(images)) if images is not None
+               else ImageStream(transform, urls=expand_shards(shards, strict=True)))
+    keys, embeddings = embed_stream(loaded.model, dataset, batch_size=batch_size, num_workers=num_workers,
+                                    device=device)[:2]
     if not keys:
         raise DataError(f"{images or shards}: no images to embed")
     info = loaded.info
@@ -118,7 +144,7 @@ def run_embed(*, weights: str, out: str | Path, images: str | None = None, shard
                 "input_size": json.dumps(info["input_size"])}
     out.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    safetensors.torch.save_file({"embeddings": torch.cat(chunks).contiguous()}, str(tmp), metadata=metadata)
+    safetensors.torch.save_file({"embeddings": embeddings}, str(tmp), metadata=metadata)
     tmp.replace(target)
     return target
 
