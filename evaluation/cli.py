@@ -7,6 +7,7 @@
     selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
     selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
     selfsup-eval detect   --weights EXPORT --data VOC_DIR|COCO_JSON --out DIR ...      (writes DIR/detection.json)
+    selfsup-eval select   --weights EXPORT --images POOL --budget N --out DIR  (writes DIR/selection.{txt,json,png})
 
 User errors print one line and exit 2.
 """
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.embed import add_embed_parser
 
     add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/embed.py)
+    from evaluation.select_labels import add_select_parser
+
+    add_select_parser(sub)  # `select`: which images to label next (evaluation/select_labels.py)
     return parser
 
 
@@ -232,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.embed import embed_command
 
         return run_cli("selfsup-eval", lambda: embed_command(args))
+    if args.command == "select":
+        from evaluation.select_labels import select_command
+
+        return run_cli("selfsup-eval", lambda: select_command(args))
     return run_cli("selfsup-eval", lambda: run(args, command="selfsup-eval " + shlex.join(argv)))
 
 
