@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +27,15 @@ def launch(*args: str, accel: Path = DDP_2PROC, accel_args: tuple[str, ...] = ()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
+
+
+def wait_until(p: subprocess.Popen, ready, timeout: float = 240) -> None:
+    """Poll ``ready()`` until it is true; fail if the job ``p`` ends first or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert p.poll() is None, "the run ended before the interruption"
+        assert time.time() < deadline, "timed out waiting for the run"
+        time.sleep(0.05)
 
 
 def run(*args: str, timeout: float = 300, **kwargs) -> str:
