@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -12,6 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DDP_2PROC = ROOT / "launch" / "accelerate" / "cpu_2proc.yaml"
 FSDP = ROOT / "launch" / "accelerate" / "fsdp.yaml"
+
+
+def fake_command(bin_dir: Path, name: str, body: str) -> None:
+    """A bash script ``bin_dir/name`` standing in for a cluster command (put ``bin_dir`` first on PATH)."""
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
 def free_port() -> int:

@@ -87,13 +87,15 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 
 
 def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # on this machine
     if accelerator.device.type == "cpu":
-        _cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+        _cpu_threads(local_processes)
     run_dir = Path(cfg.run.dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.is_main_process:
-        log.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
-                 accelerator.device.type, accelerator.mixed_precision)
+        log.info("%s on %d process(es), %d per machine, device %s, %d torch thread(s) per process, mixed precision %s",
+                 accelerator.distributed_type.value, world, local_processes, accelerator.device.type,
+                 torch.get_num_threads(), accelerator.mixed_precision)
 
     # --- cheap checks and data before any heavy work ---
     urls = expand_shards(cfg.data.shards, allow_pipe=cfg.data.allow_pipe)
