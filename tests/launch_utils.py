@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DDP_2PROC = ROOT / "launch" / "accelerate" / "cpu_2proc.yaml"
 FSDP = ROOT / "launch" / "accelerate" / "fsdp.yaml"
+
+
+def fake_command(bin_dir: Path, name: str, body: str) -> None:
+    """A bash script ``bin_dir/name`` standing in for a cluster command (put ``bin_dir`` first on PATH)."""
+    path = bin_dir / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 
 def free_port() -> int:
@@ -26,6 +35,15 @@ def launch(*args: str, accel: Path = DDP_2PROC, accel_args: tuple[str, ...] = ()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT / 'ssl'}:{ROOT}"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)
+
+
+def wait_until(p: subprocess.Popen, ready, timeout: float = 240) -> None:
+    """Poll ``ready()`` until it is true; fail if the job ``p`` ends first or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert p.poll() is None, "the run ended before the interruption"
+        assert time.time() < deadline, "timed out waiting for the run"
+        time.sleep(0.05)
 
 
 def run(*args: str, timeout: float = 300, **kwargs) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,34 @@ def last_weights(run_dir: Path) -> dict:
     from selfsup.train.checkpoint import latest_checkpoint, read_checkpoint_weights
 
     return read_checkpoint_weights(latest_checkpoint(run_dir))
+
+
+def assert_same_weights(run_a: Path, run_b: Path, why: str = "") -> None:
+    """The newest checkpoints of two runs hold the same tensors, bit for bit (what exact resume promises on the
+    CPU)."""
+    import torch
+
+    a, b = last_weights(run_a), last_weights(run_b)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs {why}".strip()
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    """The steps in a run's metrics.jsonl (none before the first is logged)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x)["step"] for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def check_preempted_run(run_dir: Path, output: str, processes: int) -> int:
+    """A run stopped by SIGTERM: one line, one checkpoint, at the last logged step and written by every process, no
+    temporary folder; returns that step."""
+    from selfsup.train.checkpoint import list_checkpoints
+
+    assert sum("pre-empted (SIGTERM): saved " in line for line in output.splitlines()) == 1, output[-3000:]
+    reached = logged_steps(run_dir)[-1]
+    assert [c.name for c in list_checkpoints(run_dir)] == [f"step_{reached:08d}"], output[-3000:]
+    ckpt = list_checkpoints(run_dir)[0]
+    assert sorted(p.name for p in ckpt.glob("train_state_*.json")) == [f"train_state_{r}.json" for r in range(processes)]
+    assert f"{ckpt} at step {reached}" in output and not list((run_dir / "checkpoints").glob(".tmp-*"))
+    return reached

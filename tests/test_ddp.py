@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -22,8 +22,8 @@ from selfsup.config import load_config
 from selfsup.errors import ConfigError, DataError
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.loop import pretrain
-from tests.launch_utils import ROOT, free_port, launch, merge_overrides, run, tiny_dino_args
-from tests.pipeline_utils import last_weights, make_shards
+from tests.launch_utils import ROOT, free_port, launch, merge_overrides, run, tiny_dino_args, wait_until
+from tests.pipeline_utils import assert_same_weights, check_preempted_run, last_weights, logged_steps
 
 
 def _dino_worker(rank: int, world: int, port: int, teacher, student, out_dir: str) -> None:
@@ -50,8 +50,8 @@ def test_dino_loss_and_center_match_single_process(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    return make_shards(tmp_path_factory.mktemp("ddp_data"), n_per_class=16, max_per_shard=4)
+def shards(ddp_shards):
+    return ddp_shards
 
 
 def test_two_ranks_two_workers_cover_an_epoch_once(tmp_path, shards):
@@ -62,23 +62,34 @@ def test_two_ranks_two_workers_cover_an_epoch_once(tmp_path, shards):
     assert not set(k0) & set(k1)
 
 
-def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards):
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards, ddp_uninterrupted):
     # 32 samples, global batch 8: 4 steps per epoch, 8 in all; the kill lands mid-epoch 1 or 2.
-    run(*tiny_dino_args(tmp_path / "full", shards, "train.save_every=8"))
     p = launch(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=1"))
-    deadline = time.time() + 240
-    while not (tmp_path / "cut" / "checkpoints" / "step_00000003").exists():
-        assert p.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
+    wait_until(p, (tmp_path / "cut" / "checkpoints" / "step_00000003").exists)
     os.killpg(p.pid, signal.SIGKILL)  # every process of the job, no clean-up
     p.wait()
     killed_at = [c.name for c in list_checkpoints(tmp_path / "cut")][-1]
     assert killed_at != "step_00000008"
     run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"))
-    a, b = last_weights(tmp_path / "full"), last_weights(tmp_path / "cut")
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
+    assert_same_weights(ddp_uninterrupted, tmp_path / "cut", f"after resuming from {killed_at}")
+
+
+def test_sigterm_to_a_ddp_job_saves_one_step_on_every_process_and_resumes_bit_identical(tmp_path, shards,
+                                                                                        ddp_uninterrupted):
+    """SIGTERM mid-epoch, no periodic checkpoint due, to the launcher, both training processes and their data
+    workers at once (what SLURM does on pre-emption); the launcher forwards it too: a second signal to each."""
+    p = launch(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=100", "train.log_every=1"))
+    wait_until(p, lambda: len(logged_steps(tmp_path / "cut")) >= 2)
+    job = psutil.Process(p.pid)
+    for proc in [job, *job.children(recursive=True)]:
+        proc.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, out[-3000:]  # the launcher's own status; each process exits 75
+    reached = check_preempted_run(tmp_path / "cut", out, processes=2)
+    assert reached < 8
+    run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"))
+    assert_same_weights(ddp_uninterrupted, tmp_path / "cut", f"after resuming from step {reached}")
 
 
 def test_grad_accum_all_reduces_once_per_optimizer_step(tmp_path, shards):

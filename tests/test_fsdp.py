@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import timm
@@ -17,8 +16,8 @@ from selfsup.export import export
 from selfsup.optim.adamw_state import init_adamw_state
 from selfsup.train.accelerator import _enable_fsdp2_on_cpu
 from selfsup.train.checkpoint import list_checkpoints
-from tests.launch_utils import FSDP, ROOT, launch, run, tiny_dino_args
-from tests.pipeline_utils import last_weights, make_shards
+from tests.launch_utils import FSDP, ROOT, launch, run, tiny_dino_args, wait_until
+from tests.pipeline_utils import assert_same_weights, last_weights, make_shards
 
 FSDP_2PROC = {"accel": FSDP, "accel_args": ("--num_processes", "2", "--mixed_precision", "no")}
 
@@ -55,19 +54,14 @@ def test_fsdp_trains_like_ddp_and_writes_sharded_plus_full_checkpoints(tmp_path,
 
 def test_fsdp_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path, shards, fsdp_run):
     p = launch(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=1"), **FSDP_2PROC)
-    deadline = time.time() + 240
-    while not (tmp_path / "cut" / "checkpoints" / "step_00000003").exists():
-        assert p.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
+    wait_until(p, (tmp_path / "cut" / "checkpoints" / "step_00000003").exists)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
     killed_at = list_checkpoints(tmp_path / "cut")[-1].name
     assert killed_at != "step_00000008"
     run(*tiny_dino_args(tmp_path / "cut", shards, "train.save_every=8", "train.resume=auto"), **FSDP_2PROC)
-    a, b = last_weights(fsdp_run), last_weights(tmp_path / "cut")
     assert list_checkpoints(tmp_path / "cut")[-1].name == "step_00000008"
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs after resuming from {killed_at}"
+    assert_same_weights(fsdp_run, tmp_path / "cut", f"after resuming from {killed_at}")
 
 
 def test_fsdp_run_exports_to_plain_timm(tmp_path, fsdp_run):

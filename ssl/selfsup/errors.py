@@ -40,6 +40,17 @@ class TrainingError(SelfsupError):
     """Training cannot go on (too many non-finite steps in a row)."""
 
 
+class Preempted(Exception):
+    """Not an error: a stop signal (SIGTERM, SIGUSR1) arrived and every process saved a checkpoint at the step it
+    reached (``selfsup.train.preempt``). CLI exit code 75, "pre-empted, resume me"; the loop has logged its line."""
+
+    exit_code = 75  # EX_TEMPFAIL of sysexits.h: "a temporary failure, try again"
+
+    def __init__(self, message: str, step: int, checkpoint: str) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
 def one_line(e: BaseException) -> str:
     """The user-facing line of ``e``: a SelfsupError re-raised from a DataLoader worker carries the worker's
     traceback in its message (``... selfsup.errors.DataError: MSG``); keep MSG."""
@@ -60,12 +71,15 @@ def _say(prog: str, e: BaseException) -> None:
 def run_cli(prog: str, command: Callable[[], int | None]) -> int:
     """Run a command-line entry point: user errors print ``PROG: error: LINE`` and give their exit code.
 
-    The one wrapper of every ``selfsup`` / ``selfsup-eval`` command. A :class:`SelfsupError` raised in a DataLoader
+    The one wrapper of every ``selfsup`` / ``selfsup-eval`` command. A pre-empted run (:class:`Preempted`) returns
+    its own exit code, silently: the training loop has logged the line. A :class:`SelfsupError` raised in a DataLoader
     worker reaches the main process re-wrapped by torch (its text names ``selfsup.errors.``) and is unwrapped
     here; any other exception is a bug and keeps its traceback.
     """
     try:
         return int(command() or 0)
+    except Preempted as e:
+        return e.exit_code
     except SelfsupError as e:
         _say(prog, e)
         return e.exit_code

@@ -10,6 +10,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from selfsup.data.stream import ShardStream
+from selfsup.train.preempt import ignore_stop_signals
 
 
 class _RoundRobinLoader(DataLoader):
@@ -46,11 +47,13 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over a :class:`ShardStream` (batches are made in the workers: ``batch_size=None``).
 
-    ``num_workers=0`` reads in the main process as worker 0 of 1.
+    ``num_workers=0`` reads in the main process as worker 0 of 1. The workers ignore SIGTERM and SIGUSR1: the
+    training process stops on them after its step (:mod:`selfsup.train.preempt`), and needs its workers until then.
     """
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+        extra = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers,
+                 "worker_init_fn": ignore_stop_signals}
     loader = _RoundRobinLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)
     loader.first_worker = getattr(dataset, "first_worker", 0)
     return loader

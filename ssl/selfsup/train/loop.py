@@ -23,7 +23,7 @@ from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.count import count_samples
 from selfsup.data.shard_list import expand_shards
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, Preempted
 from selfsup.models.backbone import check_crop_sizes
 from selfsup.train.accelerator import make_accelerator
 from selfsup.train.checkpoint import (
@@ -36,6 +36,7 @@ from selfsup.train import collapse, plateau as plateau_watch
 from selfsup.train.collapse import CollapseGuard
 from selfsup.train.monitor import make_monitor
 from selfsup.train.plateau import PlateauWatch
+from selfsup.train.preempt import PREEMPTED_EXIT, StopSignals
 from selfsup.train.resume import load_resume_state
 from selfsup.train.step import TrainStep, prepare_training
 from selfsup.train.trackers import log_metrics, start_trackers
@@ -65,6 +66,16 @@ def _mean_over_processes(values: dict[str, float], accelerator: Accelerator) -> 
     return values
 
 
+def _preempted(stop: StopSignals, step: int, checkpoint: Path, main_process: bool) -> Preempted:
+    """The one line a pre-empted run logs (main process), and the exception that ends it with PREEMPTED_EXIT."""
+    received = stop.received.name if stop.received is not None else "another process's signal"
+    message = (f"pre-empted ({received}): saved {checkpoint} at step {step}; exiting with status {PREEMPTED_EXIT}, "
+               f"resume with train.resume=auto")
+    if main_process:
+        log.warning(message)
+    return Preempted(message, step=step, checkpoint=str(checkpoint))
+
+
 def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, Any]:
     """Run (or resume) pretraining as configured; returns the summary also written to ``summary.json``."""
     accelerator = accelerator or make_accelerator(
@@ -76,13 +87,15 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 
 
 def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # on this machine
     if accelerator.device.type == "cpu":
-        _cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)))
+        _cpu_threads(local_processes)
     run_dir = Path(cfg.run.dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.is_main_process:
-        log.info("%s on %d process(es), device %s, mixed precision %s", accelerator.distributed_type.value, world,
-                 accelerator.device.type, accelerator.mixed_precision)
+        log.info("%s on %d process(es), %d per machine, device %s, %d torch thread(s) per process, mixed precision %s",
+                 accelerator.distributed_type.value, world, local_processes, accelerator.device.type,
+                 torch.get_num_threads(), accelerator.mixed_precision)
 
     # --- cheap checks and data before any heavy work ---
     urls = expand_shards(cfg.data.shards, allow_pipe=cfg.data.allow_pipe)
@@ -127,9 +140,10 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         start_trackers(accelerator, to_dict(cfg), run_dir)
     cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)
 
+    stop = StopSignals()  # SIGTERM / SIGUSR1: finish the step, save it, exit PREEMPTED_EXIT
     step = TrainStep(accelerator, method, optimizer, optim=cfg.optim, train=cfg.train, state=state,
                      steps_per_epoch=steps_per_epoch, total_steps=total_steps, global_batch=global_batch,
-                     run_dir=run_dir)
+                     run_dir=run_dir, stop_requested=stop.requested)
     monitor = make_monitor(cfg, run_dir=run_dir, stop_step=stop_step)  # kNN + checkpoints/best (monitor.data)
     guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, step.warmup_steps,
                           last_healthy=resume_dir)
@@ -143,9 +157,6 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         log_metrics(accelerator, metrics_path,
                     {"step": 0, **monitor.evaluate(0, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})})
     t_log, samples_log, t_start, step_start = time.perf_counter(), 0, time.perf_counter(), state.step
-    batches = iter(loader)
-    method.train()
-
     def write_process_state(tmp: Path) -> None:
         state.data = position.state_dict()
         state.save(tmp, rank)
@@ -155,35 +166,46 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         position.update(batch["meta"])
         return [v.to(accelerator.device, non_blocking=True) for v in batch["views"]]
 
-    while state.step < stop_step:
-        out = step(next_views)
-        samples_log += out.samples
-        bar.update(1)
-        knn = (monitor.evaluate(state.step, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})
-               if monitor is not None and monitor.due(state.step) else {})
-        t_log += knn.get("monitor_s", 0.0)  # images_per_s counts training time only
+    with stop:  # from before the data workers start: they ignore the signals, this process decides
+        batches = iter(loader)
+        method.train()
+        while state.step < stop_step:
+            out = step(next_views)  # out.stop: a process got SIGTERM / SIGUSR1, agreed by all in the step
+            samples_log += out.samples
+            bar.update(1)
+            knn = (monitor.evaluate(state.step, accelerator, unwrapped, method, {"config.yaml": cfg_yaml})
+                   if monitor is not None and monitor.due(state.step) and not out.stop else {})
+            t_log += knn.get("monitor_s", 0.0)  # images_per_s counts training time only
 
-        if knn or state.step % cfg.train.log_every == 0 or state.step == stop_step:
-            values = step.log_values(out)
-            dt = time.perf_counter() - t_log
-            last = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **values,
-                    "images_per_s": samples_log * world / max(dt, 1e-9), "bad_steps": state.bad_steps_total,
-                    "skipped_samples": sum(position.skipped.values()), **knn}
-            t_log, samples_log = time.perf_counter(), 0
-            log_metrics(accelerator, metrics_path, last)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.0f}",
-                            **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
-            signals = _mean_over_processes(
-                {k: float(last[k]) for k in {*collapse.SIGNALS, *plateau_watch.SIGNALS} & last.keys()}, accelerator)
-            guard.observe(state.step, signals)  # raises on a collapse (train.on_collapse=stop)
-            plateau.observe(state.step, signals)  # raises on a plateau with train.on_plateau=stop
+            if knn or state.step % cfg.train.log_every == 0 or state.step == stop_step or out.stop:
+                values = step.log_values(out)
+                dt = time.perf_counter() - t_log
+                last = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4), **values,
+                        "images_per_s": samples_log * world / max(dt, 1e-9), "bad_steps": state.bad_steps_total,
+                        "skipped_samples": sum(position.skipped.values()), **knn}
+                t_log, samples_log = time.perf_counter(), 0
+                log_metrics(accelerator, metrics_path, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", ips=f"{last['images_per_s']:.0f}",
+                                **({"knn": f"{monitor.last_score:.3f}"} if monitor is not None else {}))
+                signals = _mean_over_processes(
+                    {k: float(last[k]) for k in {*collapse.SIGNALS, *plateau_watch.SIGNALS} & last.keys()},
+                    accelerator)
+                guard.observe(state.step, signals)  # raises on a collapse (train.on_collapse=stop)
+                plateau.observe(state.step, signals)  # raises on a plateau with train.on_plateau=stop
 
-        save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
-        # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final
-        # one is always written: skipped steps leave a valid state.
-        if save_due and ((state.bad_steps_in_row == 0 and guard.allows_save) or state.step == stop_step):
-            guard.saved(save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml},
-                                        cfg.train.keep_last, write_process_files=write_process_state, model=method))
+            save_due = (cfg.train.save_every and state.step % cfg.train.save_every == 0) or state.step == stop_step
+            # No periodic checkpoint in the middle of a bad streak (the last good one stays the newest); the final
+            # one, and the one of a pre-emption, are always written: skipped steps leave a valid state.
+            periodic = save_due and state.bad_steps_in_row == 0 and guard.allows_save
+            if periodic or state.step == stop_step or out.stop:
+                saved = save_checkpoint(accelerator, run_dir, state.step, {"config.yaml": cfg_yaml},
+                                        cfg.train.keep_last, write_process_files=write_process_state, model=method)
+                if periodic or state.step == stop_step:
+                    guard.saved(saved)
+            if out.stop and state.step < stop_step:
+                bar.close()
+                accelerator.end_training()
+                raise _preempted(stop, state.step, saved, accelerator.is_main_process)
     bar.close()
     accelerator.end_training()
 

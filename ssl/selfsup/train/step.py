@@ -75,6 +75,7 @@ class StepSignals:
     logs: dict[str, Tensor]  # the method's detached scalars (collapse signals and friends)
     samples: int  # images this process consumed
     bad: bool  # no update was made
+    stop: bool = False  # some process was asked to stop (pre-emption): every process stops after this step
 
 
 class TrainStep:
@@ -86,11 +87,14 @@ class TrainStep:
         state: the loop's state, updated in place.
         steps_per_epoch, total_steps, global_batch: the schedule's length and the batch the lr is scaled by.
         run_dir: named in the error when too many bad steps stop the run (its latest checkpoint).
+        stop_requested: whether this process was asked to stop (a pre-emption signal); agreed across processes
+            in the step's one collective and handed back as :attr:`StepSignals.stop`.
     """
 
     def __init__(self, accelerator: Accelerator, method: nn.Module, optimizer: torch.optim.Optimizer, *,
                  optim: OptimConfig, train: TrainConfig, state: TrainState, steps_per_epoch: int, total_steps: int,
-                 global_batch: int, run_dir: Path | None = None) -> None:
+                 global_batch: int, run_dir: Path | None = None,
+                 stop_requested: Callable[[], bool] | None = None) -> None:
         self.accelerator, self.method, self.optimizer, self.state = accelerator, method, optimizer, state
         self.unwrapped = accelerator.unwrap_model(method)
         self.optim, self.train, self.run_dir = optim, train, run_dir
@@ -100,6 +104,7 @@ class TrainStep:
         self.params = [p for p in method.parameters() if p.requires_grad]
         self.buffers = list(method.buffers())
         self.max_norm = optim.clip_grad or math.inf  # always measure the norm: it decides non-finite steps
+        self.stop_requested = stop_requested or (lambda: False)
 
     def __call__(self, next_views: Callable[[], list[Tensor]]) -> StepSignals:
         """One optimizer step over ``train.grad_accum`` micro-batches, each from ``next_views()``."""
@@ -122,7 +127,7 @@ class TrainStep:
         grad_norm = acc.clip_grad_norm_(self.params, self.max_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a replicated DTensor
             grad_norm = grad_norm.full_tensor()
-        bad = self._bad(out.loss, grad_norm)
+        bad, stop = self._agree(out.loss, grad_norm)
         if bad:
             self._skip(snapshot)
         else:
@@ -133,7 +138,7 @@ class TrainStep:
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         return StepSignals(ctx=ctx, lr=lr, wd=wd, loss=out.loss.detach(), grad_norm=grad_norm, logs=out.logs,
-                           samples=samples, bad=bad)
+                           samples=samples, bad=bad, stop=stop)
 
     def log_values(self, out: StepSignals) -> dict[str, float]:
         """``out`` as numbers for ``metrics.jsonl``: the loss averaged over processes (a collective and a host sync:
@@ -148,17 +153,20 @@ class TrainStep:
             **{k: float(v) for k, v in out.logs.items()},
         }
 
-    def _bad(self, loss: Tensor, grad_norm: Tensor | float) -> bool:
-        """A non-finite loss (or gradient norm without fp16), decided alike on every process: the one host sync."""
+    def _agree(self, loss: Tensor, grad_norm: Tensor | float) -> tuple[bool, bool]:
+        """``(bad, stop)``: a non-finite loss (or gradient norm without fp16) and a stop request, each true when it
+        is true on any process, decided alike on every process in one all-reduce: the step's one host sync."""
         acc = self.accelerator
         bad = ~torch.isfinite(loss.detach())
         if acc.scaler is None:
             bad |= ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device))
         # else (fp16): an overflowing gradient is the scaler's business, as in the reference implementations:
         # optimizer.step() skips the update and lowers the loss scale. Only a non-finite loss is a bad step.
+        flags = torch.stack([bad.float(), torch.tensor(float(self.stop_requested()), device=acc.device)])
         if acc.num_processes > 1:
-            bad = acc.reduce(bad.float(), reduction="sum") > 0
-        return bool(bad)
+            flags = acc.reduce(flags, reduction="sum")
+        bad_any, stop_any = (flags > 0).tolist()
+        return bool(bad_any), bool(stop_any)
 
     def _skip(self, snapshot: list[Tensor]) -> None:
         """Undo the forward's buffer updates and count the step; too many in a row is a :class:`TrainingError`."""
