@@ -3,7 +3,7 @@
 # same architecture on kNN"). Tiny backbones at 32 px, at most 30 minutes of pretraining each on 2 cores, then
 # `selfsup-eval knn` on 10,000 train / 2,000 test images, pretrained vs random init.
 #   bash benchmarks/cifar10_methods.sh [METHODS...]      (default: all five, with the settings of the README table)
-#   EPOCHS=2 bash benchmarks/cifar10_methods.sh simclr   (another budget)
+#   EPOCHS=2 bash benchmarks/cifar10_methods.sh simclr   (another budget; SAVE_EVERY=312 keeps checkpoints on the way)
 # Needs ../shared/data/cifar10.tar.gz. Output: runs/cifar10_methods/{<method>/run,<method>/export,<method>/knn}
 # and runs/cifar10_methods/results.md.
 set -euo pipefail
@@ -32,7 +32,7 @@ fi
 # lr 1e-3 at batch 64, DINO 5e-4); MoCo v3 and MoBY take the same data settings as overrides. Epochs fit 30
 # min of 2 cores (README table: wall times measured alone on the machine, except MoBY's; MoCo v3's and MoBY's epochs
 # were set when training used 1 thread, DINO's 12 on 2 threads: 22 min 25 s).
-COMMON=(data.shards="$OUT/shards" train.progress=false train.save_every=0 data.num_workers=2)
+COMMON=(data.shards="$OUT/shards" train.progress=false train.save_every="${SAVE_EVERY:-0}" data.num_workers=2)
 SMALL=(views.global_crop_size=32 "views.global_crop_scale=[0.2,1.0]" "views.blur_probs=[0,0,0]" views.solarize_prob=0
        model.args.img_size=32 train.batch_size=64 train.mixed_precision=bf16 optim.lr=4e-3 optim.warmup_epochs=1
        train.log_every=50)
