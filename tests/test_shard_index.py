@@ -204,3 +204,19 @@ def test_a_broken_shard_is_skipped_not_called_stale(tmp_path, three):
     counts[good] = (7, "index.json")  # the same stream with a wrong count for the intact shard
     with pytest.raises(DataError, match=f"^{good}: holds 8 samples but its shard index index.json says 7;"):
         _first_epoch(_stream([good, broken], shard_counts=counts, max_bad_fraction=1.0))
+
+
+def test_under_ddp_only_the_main_process_reads_the_index(tmp_path, forty):
+    """Two gloo processes: the index is requested once (the other process gets the counts by broadcast), and the
+    shards read before the run ends are the first steps' only."""
+    from tests.launch_utils import run, tiny_dino_args
+
+    with serving(forty) as (base, requested):
+        shard_list = tmp_path / "shards.txt"
+        shard_list.write_text("\n".join(_shard_urls(base)) + "\n")
+        run(*tiny_dino_args(tmp_path / "run", shard_list, "train.max_steps=1", "data.shuffle_buffer=2",
+                            "data.shard_interleave=1"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["samples_per_epoch"] == N_SHARDS * PER_SHARD and summary["distributed"] == "MULTI_CPU"
+    assert requested.count(f"/{MANIFEST}") == 1, requested
+    assert 0 < len([p for p in requested if p.endswith(".tar")]) < N_SHARDS // 2, requested

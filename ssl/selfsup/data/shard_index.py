@@ -32,7 +32,7 @@ from typing import Any
 from selfsup.data.count import count_samples
 from selfsup.data.shard_urls import PIPE, is_remote, open_shard
 from selfsup.data.shard_writer import CLASSES_FILE, MANIFEST, parse_shard_manifest
-from selfsup.errors import DataError
+from selfsup.errors import DataError, first_line
 
 log = logging.getLogger("selfsup")
 
@@ -92,16 +92,11 @@ def _read_json(url: str, *, strict: bool = False) -> Any:
         return json.loads(data)
     except (OSError, DataError, ValueError) as e:
         if strict:
-            raise DataError(f"data.shard_index={url}: cannot read it as a shard index ({_reason(e)}); expected "
+            raise DataError(f"data.shard_index={url}: cannot read it as a shard index ({first_line(e)}); expected "
                             f"a {MANIFEST} or a webdataset wids index JSON, or data.shard_index={NO_INDEX}") from None
         if not isinstance(e, (FileNotFoundError, DataError)):
-            log.warning("shard index %s not read (%s); the shards it names are counted", url, _reason(e))
+            log.warning("shard index %s not read (%s); the shards it names are counted", url, first_line(e))
         return None
-
-
-def _reason(e: BaseException) -> str:
-    """The first line of an error, for a log line."""
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 def _count_value(value: Any) -> int | None:

@@ -5,7 +5,9 @@ Trackio): selfsup names them in ``Accelerator(log_with=...)`` (:func:`tracker_li
 config (:func:`start_trackers`), logs every ``train.log_every`` steps with ``accelerator.log`` and closes them
 with ``accelerator.end_training``. TensorBoard writes to ``RUN_DIR/tensorboard``; the others get the project
 :data:`PROJECT` and the run folder's name as the run name, and read their usual environment variables
-(``WANDB_MODE``, ``WANDB_DIR``, ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``, ...).
+(``WANDB_MODE``, ``WANDB_DIR``, ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``, ...). They start before any
+work; one that cannot (no W&B login, MLflow refusing a ``file:`` store, anything else it raises) stops the run with
+one line naming it, the cause and the fix (:func:`tracker_error`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, TensorBoardTracker, get_available_trackers
 from accelerate.utils import LoggerType
 
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, first_line
 from selfsup.train.main_only import on_main
 from selfsup.train.run_lock import TRACKER_OUTPUTS, clear_previous_run
 
@@ -129,15 +131,14 @@ def _failed_tracker(e: BaseException) -> str:
 
 def tracker_error(tracker: str, e: BaseException) -> str:
     """The one line for a tracker that failed to start: ``train.log_with`` and the tracker, the cause, the fix."""
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    cause = f"{type(e).__name__}: {reason[:240]}{'...' if len(reason) > 240 else ''}"
+    full, cause = str(e), f"{type(e).__name__}: {first_line(e, limit=240)}"
     where = f"train.log_with: {tracker} could not start"
-    if tracker == "wandb" and ("api key" in reason.lower() or "login" in reason.lower()):
+    if tracker == "wandb" and ("api key" in full.lower() or "login" in full.lower()):
         return (f"{where}: not logged in to W&B ({cause}); run `wandb login` (or set WANDB_API_KEY), or log "
                 "without an account with WANDB_MODE=offline (`wandb sync` uploads later), or drop wandb from "
                 "train.log_with")
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if tracker == "mlflow" and ("MLFLOW_ALLOW_FILE_STORE" in reason or "filesystem tracking backend" in reason):
+    if tracker == "mlflow" and ("MLFLOW_ALLOW_FILE_STORE" in full or "filesystem tracking backend" in full):
         return (f"{where}: MLflow refuses the file store MLFLOW_TRACKING_URI={uri or './mlruns'} (its file backend "
                 "is in maintenance mode); use a database, e.g. MLFLOW_TRACKING_URI=sqlite:///mlflow.db, or keep the "
                 "files with MLFLOW_ALLOW_FILE_STORE=true")
