@@ -170,6 +170,7 @@ def test_run_overwrite_starts_over_and_keeps_other_files(run, shards):
     assert [p.name for p in list_checkpoints(run)] == ["step_00000001"]  # the old step 2 is gone, not the newest
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert (run / "notes.txt").read_text() == "mine" and not (run / LOCK_NAME).exists()
+    assert len(list((run / "tensorboard").glob("events.*"))) == 1  # the old run's curves went when TensorBoard started
 
 
 def test_under_ddp_every_process_stops_with_the_same_line(run, shards):
