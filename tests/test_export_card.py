@@ -99,7 +99,8 @@ def test_no_license_unless_set(run, tmp_path):
 
 def test_no_absolute_path_in_any_file(run):
     files = sorted((run / "export").iterdir())
-    assert [f.name for f in files] == ["README.md", "config.json", "metrics.jsonl", "model.safetensors"]
+    assert [f.name for f in files] == ["README.md", "config.json", "metrics.jsonl", "model.safetensors",
+                                      "selfsup_export.json"]
     for f in files:
         blob = f.read_bytes()
         for leak in (str(run), str(run.resolve()), str(ROOT), str(Path.home()), str(Path.cwd())):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,75 @@ def test_wandb_mlflow_tensorboard_offline_read_back(tmp_path, monkeypatch):
 
     events = EventAccumulator(str(run / "tensorboard")).Reload()
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")] == [(r["step"], r["loss"]) for r in logged]
+
+
+# --- a tracker that cannot start: one line naming it, the cause and the fix, before any work ---------------------
+
+
+def _pretrain_cli(tmp_path, monkeypatch, capsys, *overrides: str) -> tuple[int, list[str], str, Path]:
+    """``selfsup pretrain`` of the tiny config; fails the test if the shards are counted or indexed (start-up work)."""
+    import selfsup.config
+    import selfsup.train.loop
+    from selfsup.cli import main as cli_main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("start-up work ran before the trackers started")
+
+    run = tmp_path / "run"
+    cfg = tiny_config(run, make_shards(tmp_path / "data"), "train.max_steps=2", *overrides)
+    monkeypatch.setattr(selfsup.config, "load_config", lambda *a, **k: cfg)
+    monkeypatch.setattr(selfsup.train.loop, "shard_counts", no_work)
+    code = cli_main(["pretrain", "config.yaml"])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("selfsup: error:")], err, run
+
+
+def _offline_without_wandb_login(tmp_path, monkeypatch, wandb) -> None:
+    """No W&B credentials anywhere, no WANDB_MODE, and a W&B server address where nothing listens: whatever wandb
+    tries stays on this machine."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DISABLED", "WANDB_SILENT", "WANDB_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / ".netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / "wandb-config"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing answers
+    wandb.teardown()  # wandb keeps the settings of an earlier run of this process (offline mode) until then
+
+
+def test_wandb_without_login_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    _offline_without_wandb_login(tmp_path, monkeypatch, pytest.importorskip("wandb"))
+    code, err, stderr, run = _pretrain_cli(tmp_path, monkeypatch, capsys, "train.log_with=[tensorboard,wandb]")
+    assert code == 2 and len(err) == 1, stderr[-3000:]
+    assert "train.log_with: wandb could not start: not logged in to W&B" in err[0]
+    assert "wandb login" in err[0] and "WANDB_MODE=offline" in err[0]
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in run.iterdir()) == []  # TensorBoard had started: its folder went with it
+
+
+def test_mlflow_file_store_uri_is_one_line_naming_a_database_uri(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, err, stderr, run = _pretrain_cli(tmp_path, monkeypatch, capsys, "train.log_with=[tensorboard,mlflow]")
+    assert code == 2 and len(err) == 1, stderr[-3000:]
+    assert f"train.log_with: mlflow could not start: MLflow refuses the file store MLFLOW_TRACKING_URI={uri}" in err[0]
+    assert "MLFLOW_TRACKING_URI=sqlite:///mlflow.db" in err[0] and "MLFLOW_ALLOW_FILE_STORE=true" in err[0]
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in run.iterdir()) == []
+
+
+def test_any_exception_while_a_tracker_starts_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from accelerate.tracking import TensorBoardTracker
+
+    def broken_start(self):
+        raise OSError("disk quota exceeded\nand a second line")
+
+    monkeypatch.setattr(TensorBoardTracker, "start", broken_start)
+    code, err, stderr, run = _pretrain_cli(tmp_path, monkeypatch, capsys, "train.log_with=[tensorboard]")
+    assert code == 2 and len(err) == 1, stderr[-3000:]
+    assert err[0] == ("selfsup: error: train.log_with: tensorboard could not start (OSError: disk quota exceeded); "
+                      "check that the run folder is writable, or drop it from train.log_with")
+    assert "Traceback" not in stderr and not (run / "config.yaml").exists()

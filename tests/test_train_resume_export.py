@@ -55,7 +55,9 @@ def test_export_round_trip_plain_timm(tmp_path, shards):
     pretrain(tiny_config(run, shards, "train.max_steps=3"))
     result = export(run, tmp_path / "export")
     out = Path(result["out_dir"])
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "metrics.jsonl", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "metrics.jsonl", "model.safetensors",
+                                                     "selfsup_export.json"]
+    assert sorted(json.loads((out / "selfsup_export.json").read_text())["files"]) == sorted(p.name for p in out.iterdir())
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["selfsup"]["encoder"] == "teacher"
     assert cfg["selfsup"]["step"] == 3 and cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]

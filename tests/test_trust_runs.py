@@ -19,7 +19,7 @@ import torch
 import selfsup.config
 from selfsup.cli import main as cli_main
 from selfsup.errors import CheckpointError, ConfigError
-from selfsup.export import EXPORT_FILES, export
+from selfsup.export import EXPORT_FILES, EXPORT_MANIFEST, export, record_exported
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_weights
 from selfsup.train.loop import pretrain
 from selfsup.train.run_lock import LOCK_NAME
@@ -82,6 +82,31 @@ def test_export_never_removes_a_file_it_did_not_write(tmp_path, base_run, capsys
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
 
+@pytest.mark.parametrize("theirs", [("model.safetensors", "config.json"), ("model.onnx",), ("README.md",)])
+def test_export_refuses_files_named_like_an_export_that_no_manifest_lists(tmp_path, base_run, capsys, theirs):
+    """Someone else's model in the folder is not a previous export: only files a selfsup_export.json lists are."""
+    out = tmp_path / "theirs"
+    out.mkdir()
+    for name in theirs:
+        (out / name).write_text(f"their {name}")
+    code, err = _cli(capsys, "export", base_run, out)
+    assert code == 2 and len(err) == 1, err
+    assert f"holds files export did not write ({', '.join(sorted(theirs))})" in err[0]
+    assert "--overwrite to replace" in err[0] and EXPORT_MANIFEST in err[0]
+    assert {n: (out / n).read_text() for n in theirs} == {n: f"their {n}" for n in theirs}
+    assert sorted(p.name for p in out.iterdir()) == sorted(theirs)
+
+    # --overwrite replaces them with the export; the export's manifest then lists exactly what it wrote
+    code, err = _cli(capsys, "export", base_run, out, "--overwrite")
+    assert code == 0, err
+    listed = json.loads((out / EXPORT_MANIFEST).read_text())["files"]
+    assert set(listed) == {p.name for p in out.iterdir()} - ({"model.onnx"} & set(theirs))
+    assert json.loads((out / "config.json").read_text())["selfsup"]["step"] == 2
+    # a later export replaces what its manifest lists, without --overwrite
+    export(base_run, out, checkpoint=list_checkpoints(base_run)[0], overwrite="model.onnx" in theirs)
+    assert json.loads((out / "config.json").read_text())["selfsup"]["step"] == 1
+
+
 @pytest.mark.parametrize("target", ["run", "parent", "cwd"])
 def test_export_refuses_the_run_folder_and_folders_containing_it(tmp_path, run, capsys, monkeypatch, target):
     before = _tree(run)
@@ -100,7 +125,8 @@ def test_export_replaces_a_previous_export_atomically(tmp_path, base_run):
     (tmp_path / ".tmp-export" / "user.txt").write_text("mine")
     export(base_run, out)
     first = _tree(out)
-    (out / "model.onnx").write_bytes(b"from an earlier export --onnx")  # a file export writes: replaceable
+    (out / "model.onnx").write_bytes(b"from an earlier export --onnx")
+    record_exported(out, ["model.onnx"])  # what export --onnx does: listed in the manifest, so replaceable
     export(base_run, out, checkpoint=list_checkpoints(base_run)[0])
     assert {p.name for p in out.iterdir()} == set(first)  # the stale model.onnx went with the old export
     assert set(first) <= EXPORT_FILES
@@ -144,6 +170,7 @@ def test_run_overwrite_starts_over_and_keeps_other_files(run, shards):
     assert [p.name for p in list_checkpoints(run)] == ["step_00000001"]  # the old step 2 is gone, not the newest
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert (run / "notes.txt").read_text() == "mine" and not (run / LOCK_NAME).exists()
+    assert len(list((run / "tensorboard").glob("events.*"))) == 1  # the old run's curves went when TensorBoard started
 
 
 def test_under_ddp_every_process_stops_with_the_same_line(run, shards):

@@ -70,11 +70,13 @@ def stream_options(data: DataConfig) -> dict[str, Any]:
                 max_sample_bytes=data.max_sample_bytes, allow_pipe=data.allow_pipe)
 
 
-def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, position=None, pin_memory: bool):
+def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, position=None, pin_memory: bool,
+                 shard_counts: dict[str, tuple[int, str]] | None = None):
     """The streaming loader of this process: its own shards, its own workers (never ``accelerator.prepare``d).
 
     ``position`` (a ``DataPosition`` loaded from a checkpoint) makes the stream continue exactly where it stopped;
-    ``None`` or an empty one starts at epoch 0.
+    ``None`` or an empty one starts at epoch 0. ``shard_counts``: the shard index's counts, checked as shards are
+    read (:class:`~selfsup.data.stream.ShardStream`).
     """
     from selfsup.data.loader import make_loader
     from selfsup.data.stream import ShardStream
@@ -90,6 +92,7 @@ def build_loader(cfg: Config, *, urls: list[str], rank: int, world_size: int, po
         start_positions=position.start_positions() if position is not None else None,
         first_worker=position.next_worker if position is not None else 0,
         draft_size=getattr(transform, "draft_size", None) if cfg.data.draft_decode else None,
+        shard_counts=shard_counts,
         **stream_options(cfg.data),
     )
     return make_loader(dataset, num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory and pin_memory)

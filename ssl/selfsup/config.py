@@ -48,7 +48,10 @@ class RunConfig:
 @dataclass
 class DataConfig:
     shards: str = ""  # brace pattern, a folder of .tar files, or a text file with one shard per line
-    samples_per_epoch: int = 0  # nominal epoch length in samples; 0 = count the samples in the shards
+    samples_per_epoch: int = 0  # nominal epoch length in samples; 0 = from the shard index, else count the shards
+    # shard index with the samples of each shard (docs/launch.md): "" = look beside the shards (selfsup_shards.json,
+    # a wids index, img2dataset's *_stats.json); a path or URL = that selfsup_shards.json or wids index; none = count
+    shard_index: str = ""
     # Samples (still encoded: a few kB to a few hundred kB each) in each worker's shuffle buffer.
     shuffle_buffer: int = 5000
     shard_interleave: int = 4  # shards each worker reads at once, a sample from each in turn

@@ -61,6 +61,13 @@ def one_line(e: BaseException) -> str:
     return msg
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of ``e``'s message (its type's name when empty), cut to ``limit`` characters: the cause
+    quoted inside a one-line error (a third-party message can run to many lines)."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _say(prog: str, e: BaseException) -> None:
     # One write with its newline: stderr writes through, so print's two writes (text, then "\n") from two DDP
     # processes on one pipe could join their lines.

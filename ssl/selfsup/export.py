@@ -27,6 +27,7 @@ from selfsup.config import Config, config_hash, load_config
 from selfsup.data.eval_transform import eval_data_config
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.export_meta import describe_weights, selfsup_block
+from selfsup.manifest import listed_files, read_manifest, write_manifest
 from selfsup.model_card import write_model_card
 from selfsup.train.best import choose_checkpoint
 from selfsup.train.checkpoint import (
@@ -52,19 +53,39 @@ def _module_prefix(root: torch.nn.Module, target: torch.nn.Module) -> str:
     raise RuntimeError("export backbone is not a sub-module of the method")
 
 
-# Every file `selfsup export` (model card: README.md, metrics.jsonl; --onnx/--int8) writes into OUT_DIR: a folder
-# holding only these is a previous export, which a new export may replace; any other file in OUT_DIR is the user's
-# and is never removed. A new file written by export must be added here.
+# Every file `selfsup export` (model card: README.md, metrics.jsonl; --onnx/--int8; its manifest) may write into
+# OUT_DIR. Export lists what it wrote in the manifest: a folder holding only listed files is a previous export, which
+# a new export may replace; any other file (of these names too: someone else's model.safetensors) is the user's and is
+# never replaced without --overwrite, never removed. A new file written by export must be added here.
+EXPORT_MANIFEST = "selfsup_export.json"
+EXPORT_FORMAT = "selfsup-export"
 EXPORT_FILES = frozenset({"model.safetensors", "config.json", "README.md", "metrics.jsonl", "model.onnx",
-                          "model.int8.onnx", "onnx.json"})
+                          "model.int8.onnx", "onnx.json", EXPORT_MANIFEST})
+
+
+def exported_files(folder: Path) -> set[str]:
+    """The files of ``folder`` that a selfsup export wrote (its manifest lists them; only :data:`EXPORT_FILES`)."""
+    manifest = read_manifest(folder, EXPORT_MANIFEST, EXPORT_FORMAT)
+    return listed_files(manifest, EXPORT_FILES.__contains__) | ({EXPORT_MANIFEST} if manifest else set())
+
+
+def record_exported(folder: Path, names: list[str]) -> None:
+    """Add ``names`` (written into the export ``folder`` after it was put in place: ``--onnx``) to its manifest; a
+    folder without one (not written by ``selfsup export``) gets none."""
+    manifest = read_manifest(folder, EXPORT_MANIFEST, EXPORT_FORMAT)
+    if manifest is not None:
+        files = listed_files(manifest, EXPORT_FILES.__contains__) | set(names)
+        write_manifest(folder, EXPORT_MANIFEST, EXPORT_FORMAT, files,
+                       **{k: v for k, v in manifest.items() if k not in ("format", "version", "files")})
 
 
 def export(run_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, **kwargs: Any) -> dict[str, Any]:
     """Write the run's checked export (see :func:`_export_to` for ``kwargs``) to ``out_dir``, losing no file.
 
-    The export is written into a new hidden sibling of ``out_dir`` and renamed into place once checked. An
-    existing ``out_dir`` is replaced only when it holds nothing but :data:`EXPORT_FILES` (a previous export);
-    with ``overwrite`` the export's files are also written into a folder holding other files, which stay.
+    The export is written into a new hidden sibling of ``out_dir`` and renamed into place once checked, with a
+    manifest (:data:`EXPORT_MANIFEST`) listing its files. An existing ``out_dir`` is replaced only when it holds
+    nothing but the files of a previous export (those its manifest lists); with ``overwrite`` the export's files are
+    also written into a folder holding other files, which stay (files of the export's names are replaced).
     ``out_dir`` may never be the run folder or a folder containing it.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -89,12 +110,17 @@ def check_export_target(run_dir: Path, out_dir: Path, *, overwrite: bool) -> Non
                               f"e.g. {run_dir / 'export'}")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"export folder {out_dir} exists and is not a folder")
+    ours = exported_files(out) if out.is_dir() else set()
     foreign = sorted(p.name + ("/" if p.is_dir() else "") for p in (out.iterdir() if out.is_dir() else ())
-                     if not (p.name in EXPORT_FILES and p.is_file() and not p.is_symlink()))
+                     if not (p.name in ours and p.is_file() and not p.is_symlink()))
     if foreign and not overwrite:
         shown = ", ".join(foreign[:4]) + (f" (+{len(foreign) - 4} more)" if len(foreign) > 4 else "")
+        clash = [f for f in foreign if f in EXPORT_FILES]  # named like an export's files, but no manifest lists them
+        rest = "; the other files stay" if len(clash) < len(foreign) else ""
+        what = (f"to replace {', '.join(clash)} (no {EXPORT_MANIFEST} of an earlier export lists them){rest}"
+                if clash else "to write the export's files beside them")
         raise CheckpointError(f"export folder {out_dir} holds files export did not write ({shown}); export into a new "
-                              f"or empty folder, or pass --overwrite to write the export's files beside them")
+                              f"or empty folder, or pass --overwrite {what}")
 
 
 def _put_in_place(tmp: Path, target: Path) -> None:
@@ -103,7 +129,8 @@ def _put_in_place(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
         return
     cwd = Path.cwd().resolve()
-    only_export = all(p.name in EXPORT_FILES and p.is_file() for p in target.iterdir())
+    ours = exported_files(target)
+    only_export = all(p.name in ours and p.is_file() for p in target.iterdir())
     if only_export and cwd != target and target not in cwd.parents:  # swap the whole folder
         old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-", dir=target.parent))
         os.replace(target, old)
@@ -119,12 +146,12 @@ def _put_in_place(tmp: Path, target: Path) -> None:
     for name in sorted(written):
         os.replace(tmp / name, target / name)
     stale = sorted(n for n in EXPORT_FILES - written if (target / n).is_file())
-    if stale and only_export:
-        for name in stale:
-            (target / name).unlink()
-    elif stale:
-        log.warning("%s: %s left from an earlier export (not written this time; remove it if it is stale)",
-                    target, ", ".join(stale))
+    for name in [n for n in stale if n in ours]:  # the earlier export's: go with it
+        (target / name).unlink()
+    stale = [n for n in stale if n not in ours]
+    if stale:
+        log.warning("%s: %s not written by this export and left as it was (no export manifest listed it; remove "
+                    "it if it is stale)", target, ", ".join(stale))
 
 
 def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | Path | None = None,
@@ -167,6 +194,8 @@ def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoin
     hub_config = describe_weights(tmp / "config.json", selfsup=meta, license=cfg.export.license)
     write_model_card(tmp, config=hub_config, cfg=cfg, run_dir=run_dir, checkpoint=ckpt, license=cfg.export.license)
     check = verify_export(tmp, backbone, size=size, atol=atol)
+    write_manifest(tmp, EXPORT_MANIFEST, EXPORT_FORMAT, [p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST],
+                   run=run_dir.resolve().name, checkpoint=ckpt.name, step=step)  # names only, as config.json
     return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}
 
 

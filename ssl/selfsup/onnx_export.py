@@ -270,6 +270,9 @@ def export_onnx(export_dir: str | Path, *, int8: bool = False, dynamic_size: boo
                                                              calib=calib, check=check)}
         report["int8"]["bytes"] = (export_dir / INT8_FILE).stat().st_size
     (export_dir / REPORT_FILE).write_text(json.dumps(report, indent=1))
+    from selfsup.export import record_exported
+
+    record_exported(export_dir, [ONNX_FILE, REPORT_FILE, *([INT8_FILE] if int8 else [])])
     return report
 
 

@@ -13,7 +13,8 @@ are skipped and counted here instead of costing every epoch; ``verify=False`` ch
 The output folder is never emptied up front: shards go to a temporary sibling folder and are moved in
 only after the whole source was written. A manifest (:data:`MANIFEST`) lists the files a run wrote; a
 later run replaces exactly those, refuses ``.tar`` / ``classes.json`` files it did not write unless
-``overwrite=True``, and never touches any other file.
+``overwrite=True``, and never touches any other file. The manifest also holds the samples of each shard
+(``shard_samples``): the shard index that pretraining reads instead of counting (:mod:`selfsup.data.shard_index`).
 
 Example:
     >>> summary = write_shards("flowers5/", "shards/", max_per_shard=1000)  # doctest: +SKIP
@@ -42,6 +43,7 @@ from tqdm import tqdm
 from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.data.shard_sources import open_source
 from selfsup.errors import DataError
+from selfsup.manifest import listed_files, parse_manifest, read_manifest, write_manifest
 
 SHARD_PATTERN = "shard-%06d.tar"
 CLASSES_FILE = "classes.json"
@@ -77,6 +79,8 @@ class ShardSummary:
         classes: class names, index = ``cls`` id (empty when the source has no labels).
         paths: the shard paths, in order.
         verified: every image was decoded (``False``: header check only).
+        shard_samples: samples in each shard, by file name: the shard index that pretraining start-up reads from
+            :data:`MANIFEST` instead of counting (:mod:`selfsup.data.shard_index`).
     """
 
     seen: int = 0
@@ -87,6 +91,7 @@ class ShardSummary:
     classes: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     verified: bool = True
+    shard_samples: dict[str, int] = field(default_factory=dict)
 
     def format(self) -> str:
         """One human-readable line: ``seen N = written W + skipped S (reasons)``, then the shards."""
@@ -146,14 +151,9 @@ def _ext_from_magic(data: bytes) -> str:
     return "img"
 
 
-def _read_manifest(out: Path) -> dict[str, Any] | None:
-    """``out``'s manifest, or ``None`` when there is none or it was not written by :func:`write_shards`."""
-    try:
-        doc = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-    ours = isinstance(doc, dict) and doc.get("format") == MANIFEST_FORMAT and isinstance(doc.get("files"), list)
-    return doc if ours else None
+def parse_shard_manifest(doc: Any) -> dict[str, Any] | None:
+    """A decoded :data:`MANIFEST`, or ``None`` when it was not written by :func:`write_shards`."""
+    return parse_manifest(doc, MANIFEST_FORMAT)
 
 
 def _check_out(out: Path, *, overwrite: bool) -> tuple[set[str], list[str]]:
@@ -167,9 +167,8 @@ def _check_out(out: Path, *, overwrite: bool) -> tuple[set[str], list[str]]:
         return set(), []
     if not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; expected a folder for the shards")
-    manifest = _read_manifest(out)
-    # Only shard and class-name files can be owned: a hand-edited manifest cannot get anything else removed.
-    owned = {f for f in manifest["files"] if isinstance(f, str) and _OWNABLE.fullmatch(f)} if manifest else set()
+    manifest = read_manifest(out, MANIFEST, MANIFEST_FORMAT)
+    owned = listed_files(manifest, lambda f: bool(_OWNABLE.fullmatch(f)))  # only shard and class-name files
     foreign = sorted(
         p.name for p in out.iterdir()
         if (p.is_file() or p.is_symlink())
@@ -186,13 +185,6 @@ def _check_out(out: Path, *, overwrite: bool) -> tuple[set[str], list[str]]:
     return owned, foreign
 
 
-def _write_manifest(out: Path, scratch: Path, files: list[str], **info: Any) -> None:
-    """Atomically (re)write ``out``'s manifest, staged in ``scratch`` (same file system)."""
-    part = scratch / (MANIFEST + ".part")
-    part.write_text(json.dumps({"format": MANIFEST_FORMAT, "version": 1, "files": sorted(files), **info}, indent=1) + "\n")
-    os.replace(part, out / MANIFEST)
-
-
 def _install(tmp: Path, out: Path, new: list[str], old: set[str], info: dict[str, Any]) -> None:
     """Move the finished files from ``tmp`` into ``out`` and remove the replaced ``old`` ones.
 
@@ -200,12 +192,12 @@ def _install(tmp: Path, out: Path, new: list[str], old: set[str], info: dict[str
     would call foreign; the final manifest names only the new files.
     """
     out.mkdir(parents=True, exist_ok=True)
-    _write_manifest(out, tmp, sorted(set(new) | old), **info, complete=False)
+    write_manifest(out, MANIFEST, MANIFEST_FORMAT, set(new) | old, scratch=tmp, **info, complete=False)
     for name in new:
         os.replace(tmp / name, out / name)
     for name in sorted(old - set(new)):
         (out / name).unlink(missing_ok=True)
-    _write_manifest(out, tmp, new, **info, complete=True)
+    write_manifest(out, MANIFEST, MANIFEST_FORMAT, new, scratch=tmp, **info, complete=True)
     tmp.rmdir()
 
 
@@ -268,7 +260,8 @@ def write_shards(
                             f"(skipped: {summary.skipped or 'no files'})")
         new = sorted(p.name for p in tmp.iterdir())
         info = {"source": src_str, "seen": summary.seen, "samples": summary.samples, "skipped": summary.skipped,
-                "classes": len(classes), "seed": seed, "verified": verify, "max_per_shard": max_per_shard}
+                "classes": len(classes), "seed": seed, "verified": verify, "max_per_shard": max_per_shard,
+                "shard_samples": summary.shard_samples}
         _install(tmp, out, new, (owned | set(foreign)) - {MANIFEST}, info)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # tmp is ours alone (mkdtemp); out is untouched or complete
@@ -291,6 +284,7 @@ def _write_all(
     summary = ShardSummary(classes=classes, verified=verify)
     skipped: Counter[str] = Counter()
     seen_keys: Counter[str] = Counter()
+    shard_samples: Counter[str] = Counter()  # by shard file: the shard index in the manifest
     labelled = False
     writer: wds.ShardWriter | None = None
     try:
@@ -310,10 +304,12 @@ def _write_all(
                 writer = wds.ShardWriter(str(out / SHARD_PATTERN), maxcount=max_per_shard, verbose=0)
             writer.write(sample)
             summary.samples += 1
+            shard_samples[os.path.basename(writer.fname)] += 1
     finally:
         if writer is not None:
             writer.close()
     summary.skipped = dict(skipped)
+    summary.shard_samples = dict(sorted(shard_samples.items()))
     summary.shards = len(list(out.glob("shard-*.tar")))
     if labelled and classes:
         (out / CLASSES_FILE).write_text(json.dumps(classes, indent=1) + "\n")

@@ -162,6 +162,7 @@ class ShardStream(IterableDataset):
         bad_window: int,
         max_sample_bytes: int | None,
         allow_pipe: bool,
+        shard_counts: dict[str, tuple[int, str]] | None = None,
     ) -> None:
         """Args:
         urls: shard paths (see :func:`selfsup.data.shard_list.expand_shards`).
@@ -180,6 +181,9 @@ class ShardStream(IterableDataset):
         max_sample_bytes: a sample with a larger member is skipped (``too_large``) without reading that member
             (``data.max_sample_bytes``); ``None`` = no limit.
         allow_pipe: accept ``pipe:CMD`` URLs (``data.allow_pipe``).
+        shard_counts: ``{url: (samples, index file)}`` from a shard index
+            (:func:`selfsup.data.shard_index.read_shard_index`): a shard read whole with another number of samples
+            stops the run with a :class:`DataError` (the index is stale, so the epoch length is wrong).
 
         The ``data.*`` values come from :func:`selfsup.build.stream_options` and are checked where the config
         is loaded.
@@ -204,14 +208,20 @@ class ShardStream(IterableDataset):
         self.bad_window = bad_window
         self.max_sample_bytes = max_sample_bytes
         self.allow_pipe = allow_pipe
+        self.shard_counts = dict(shard_counts or {})
         for url in self.urls:
             check_url(url, allow_pipe=allow_pipe, where="urls")
 
     # ------------------------------------------------------------------ raw samples
     def _read_shard(self, url: str, skips: SkipTracker) -> Iterator[dict[str, Any]]:
-        """Samples of one tar file; shard-level errors are counted, never raised."""
+        """Samples of one tar file; shard-level errors are counted, never raised. A shard read to its end with
+        another number of samples than its shard index says raises :class:`DataError` (a stale index)."""
+
+        failed = False
 
         def handler(exn: BaseException) -> bool:
+            nonlocal failed
+            failed = True
             return skips.shard_error(url, exn)
 
         try:
@@ -219,9 +229,17 @@ class ShardStream(IterableDataset):
         except Exception as exn:  # noqa: BLE001
             handler(exn)
             return
+        read = 0
         with stream:
             files = _tar_members(stream, url, max_bytes=self.max_sample_bytes, handler=handler)
-            yield from group_by_keys(files, handler=handler)
+            for sample in group_by_keys(files, handler=handler):
+                read += 1
+                yield sample
+        expected = self.shard_counts.get(url)
+        if expected is not None and not failed and read != expected[0]:  # a broken shard is counted, not stale
+            raise DataError(f"{url}: holds {read} samples but its shard index {expected[1]} says {expected[0]}; the "
+                            "index is stale (the epoch length was computed from it): rewrite the index, or count "
+                            "the shards with data.shard_index=none, or set data.samples_per_epoch")
 
     def _epoch_shards(self, epoch: int, slot: _Slot) -> tuple[list[str], int, int]:
         """This slot's shards in ``epoch`` and the ``(k, r)`` sample filter ``index % k == r``."""

@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from selfsup.build import build_loader, build_method
 from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
-from selfsup.data.count import count_samples
+from selfsup.data.shard_index import shard_counts
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, Preempted
 from selfsup.models.backbone import check_crop_sizes
 from selfsup.train.accelerator import make_accelerator
+from selfsup.train.main_only import on_main
 from selfsup.train.checkpoint import (
     check_shared_run_dir,
     load_training_state,
@@ -99,7 +100,11 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
 
     # --- cheap checks and data before any heavy work ---
     urls = expand_shards(cfg.data.shards, allow_pipe=cfg.data.allow_pipe)
-    samples_per_epoch = cfg.data.samples_per_epoch or count_samples(urls, allow_pipe=cfg.data.allow_pipe)
+    # before any work: a tracker that cannot start (no W&B login, a refused MLflow URI) is one line, not a traceback
+    start_trackers(accelerator, to_dict(cfg), run_dir, replace=cfg.run.overwrite and not cfg.train.resume)
+    counts = None if cfg.data.samples_per_epoch else on_main(accelerator, lambda: shard_counts(
+        urls, index=cfg.data.shard_index, allow_pipe=cfg.data.allow_pipe))  # one reader, not one per process
+    samples_per_epoch = cfg.data.samples_per_epoch or counts.total
     global_batch = cfg.train.batch_size * world * cfg.train.grad_accum
     if samples_per_epoch < global_batch:
         raise ConfigError(
@@ -116,7 +121,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         resume_dir, rank=rank, world_size=world, num_workers=cfg.data.num_workers, global_batch=global_batch,
         elastic=cfg.train.resume_elastic)
     loader = build_loader(cfg, urls=urls, rank=rank, world_size=world, position=position,
-                          pin_memory=accelerator.device.type == "cuda")
+                          pin_memory=accelerator.device.type == "cuda", shard_counts=counts.indexed if counts else None)
 
     # --- model, optimizer ---
     set_seed(cfg.run.seed)  # identical init on every process
@@ -135,9 +140,8 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         set_seed(cfg.run.seed + rank)  # different drop-path noise per process
     if accelerator.is_main_process:
         if cfg.run.overwrite and not cfg.train.resume:
-            clear_previous_run(run_dir)  # only now, after the checks above: a typo loses nothing
+            clear_previous_run(run_dir)  # only now, after the checks above: a typo loses nothing (trackers: above)
         save_config(cfg, run_dir)
-        start_trackers(accelerator, to_dict(cfg), run_dir)
     cfg_yaml, cfg_hash = to_yaml(cfg), config_hash(cfg)
 
     stop = StopSignals()  # SIGTERM / SIGUSR1: finish the step, save it, exit PREEMPTED_EXIT

@@ -25,8 +25,10 @@ from selfsup.errors import ConfigError
 log = logging.getLogger("selfsup")
 
 LOCK_NAME = ".selfsup.lock"
-# what a run writes at the top of its folder; run.overwrite=true removes these, never anything else
-RUN_OUTPUTS = ("checkpoints", "tensorboard", "wandb", "config.yaml", "metrics.jsonl", "summary.json")
+# what a run writes at the top of its folder; run.overwrite=true removes these, never anything else: the trackers'
+# folders when the new trackers start (selfsup.train.trackers), the rest once the model is built
+TRACKER_OUTPUTS = ("tensorboard", "wandb")
+RUN_OUTPUTS = ("checkpoints", "config.yaml", "metrics.jsonl", "summary.json")
 
 
 def _start_time(pid: int) -> str | None:
@@ -138,10 +140,11 @@ def check_fresh_start(run_dir: Path, *, resume: str | None, overwrite: bool) -> 
         )
 
 
-def clear_previous_run(run_dir: Path) -> None:
-    """``run.overwrite=true``: remove what a previous run wrote at the top of ``run_dir``; other files stay."""
+def clear_previous_run(run_dir: Path, names: tuple[str, ...] = RUN_OUTPUTS) -> None:
+    """``run.overwrite=true``: remove what a previous run wrote at the top of ``run_dir`` (``names`` of
+    :data:`RUN_OUTPUTS` / :data:`TRACKER_OUTPUTS`); other files stay."""
     removed = []
-    for name in RUN_OUTPUTS:
+    for name in names:
         path = run_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
