@@ -99,3 +99,17 @@ def test_cpu_threads_are_split_among_processes_not_given_up_to_data_workers(monk
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("capability, expected", [("AVX2", "no"), ("DEFAULT", "no"), ("AVX512", "bf16")])
+def test_bf16_on_a_cpu_without_bf16_instructions_trains_in_fp32_with_one_warning(tmp_path, monkeypatch, caplog,
+                                                                                capability, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    with caplog.at_level("WARNING", logger="selfsup"):
+        accelerator = make_accelerator(mixed_precision="bf16", grad_accum=1, device="cpu", project_dir=str(tmp_path),
+                                       log_with=[])
+    assert accelerator.mixed_precision == expected
+    warned = [r.getMessage() for r in caplog.records if "bf16 matrix instructions" in r.getMessage()]
+    assert len(warned) == (1 if expected == "no" else 0)
+    if warned:
+        assert capability in warned[0] and "train.mixed_precision=no" in warned[0]
