@@ -26,6 +26,7 @@ Usage::
     python benchmarks/throughput.py --device cpu --quick --out throughput_cpu.json
     python benchmarks/throughput.py --device cpu --quick --models vit_s16 --precision bf16   # CPU bf16 autocast
     python benchmarks/throughput.py --device cuda --out throughput_cuda.json [--compile] [--measure-peak]
+    python benchmarks/throughput.py --device cpu --quick --models vit_s16 --steps 1 --profile 20   # top ops per step
 
 Shapes: b = batch (images), g = global crops, l = local crops, G/L = global/local crop size.
 """
@@ -297,6 +298,21 @@ def count_flops(step: Callable[[list[Tensor]], None], views: list[Tensor]) -> fl
     return float(counter.get_total_flops())
 
 
+def profile_step(step: Callable[[list[Tensor]], None], views: list[Tensor], *, device: torch.device,
+                 rows: int) -> str:
+    """One step under ``torch.profiler``: the ``rows`` ops with the most self time, as the profiler's table.
+
+    Self time (not total) so that each microsecond is counted once: the ops that a faster step must remove."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(views)
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=48)
+
+
 def device_peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
     """The device's dense bf16 peak: ``--peak-tflops`` if given, else the spec sheet by CUDA device name."""
     if override:
@@ -336,7 +352,7 @@ def make_views(s: Setting, device: torch.device, seed: int = 0) -> list[Tensor]:
 # One model
 # ----------------------------------------------------------------------------------------------------------------
 def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_compile: bool,
-                peak_tflops: float | None, log: Callable[[str], None]) -> ModelReport:
+                peak_tflops: float | None, log: Callable[[str], None], profile_rows: int = 0) -> ModelReport:
     timm_name, model_args = MODELS[key]
     gc.collect()
     _malloc_trim()
@@ -373,6 +389,10 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
         ours(views)
         ref(views)
     _sync(device)
+    if profile_rows:
+        for name, step in (("ours", ours), ("reference", ref)):
+            log(f"[{key}] profile of one {name} step (torch.profiler, ops by self time)\n"
+                + profile_step(step, views, device=device, rows=profile_rows))
 
     # timed, alternating which goes first; peak memory per step. The other implementation's weights and optimizer
     # state stay resident, so they are subtracted.
@@ -455,6 +475,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CUDA: looked up by name)")
     p.add_argument("--measure-peak", action="store_true", help="also measure a dense matmul peak (bf16 CUDA, fp32 CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="after the warmup, profile one step of each (torch.profiler) and print its ROWS ops\n"
+                        "with the most self time; that step is not among the timed ones")
     return p.parse_args(argv)
 
 
@@ -528,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.n_local}x{s.local_size} crops, head out_dim {s.out_dim}, warmup {s.warmup}, timed {s.steps}",
               flush=True)
         reports.append(bench_model(key, s, device=device, bf16=bf16, use_compile=args.compile, peak_tflops=peak,
-                                   log=lambda m: print(m, flush=True)))
+                                   log=lambda m: print(m, flush=True), profile_rows=args.profile))
     print()
     print_table(reports, "peak GB" if device.type == "cuda" else "peak RSS GB")
     print(f"\nstep time = median over timed steps; ours/ref < 1 means ours is faster ((min): fastest steps). "
