@@ -14,7 +14,9 @@ Two steps run in the same process, on the same backbone weights, crops and batch
   views]``, ``teacher_out = [model.forward_teacher(view) for view in views[:2]]``, ``DINOLoss``, ``update_momentum``
   every step, ``Adam``, ``loss.item()`` every step, fp32.
 
-Timed steps alternate ours / reference, so load from other processes on a shared machine hits both alike.
+Timed steps alternate ours / reference, so load from other processes on a shared machine hits both alike. On the
+CPU each step's CPU seconds (the process's threads, less the memory sampler's) are reported next to its wall time:
+with other processes on the cores, a step's wall time swings with their load, its CPU time much less.
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` over one full training step (teacher forward,
 student forward and backward); MFU = FLOPs / step time / device peak.
 
@@ -26,6 +28,7 @@ Usage::
     python benchmarks/throughput.py --device cpu --quick --out throughput_cpu.json
     python benchmarks/throughput.py --device cpu --quick --models vit_s16 --precision bf16   # CPU bf16 autocast
     python benchmarks/throughput.py --device cuda --out throughput_cuda.json [--compile] [--measure-peak]
+    python benchmarks/throughput.py --device cpu --quick --models vit_s16 --steps 1 --profile 20   # top ops per step
 
 Shapes: b = batch (images), g = global crops, l = local crops, G/L = global/local crop size.
 """
@@ -117,6 +120,7 @@ class Result:
     step_time_s: float  # median over timed steps
     step_time_min_s: float  # least affected by other processes on a shared machine
     step_times_s: list[float]
+    cpu_time_s: float  # median CPU seconds of the process per step (all threads but the memory sampler's)
     images_per_s: float
     crops_per_s: float
     peak_mem_gb: float  # CUDA: max_memory_allocated; CPU: peak RSS; both minus the other implementation's state
@@ -136,6 +140,7 @@ class ModelReport:
     reference: Result
     ratio_ours_over_ref: float  # median step time; < 1 means ours is faster
     ratio_min: float  # the same from the fastest step of each
+    ratio_cpu: float  # the same from the CPU seconds per step: what the step costs, whoever else uses the cores
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -222,15 +227,19 @@ def _rss_bytes() -> int:
 
 
 class PeakMemory:
-    """Peak memory over a block: CUDA ``max_memory_allocated``; CPU RSS sampled every 2 ms (``/proc/self/statm``)."""
+    """Peak memory over a block: CUDA ``max_memory_allocated``; CPU RSS sampled every 2 ms (``/proc/self/statm``).
+
+    ``sampler_cpu_s``: the CPU seconds the sampling thread itself used (CPU), to take out of the process's CPU time."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.peak, self._stop = device, 0, threading.Event()
+        self.sampler_cpu_s = 0.0
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, _rss_bytes())
             time.sleep(0.002)
+        self.sampler_cpu_s = time.thread_time()
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -297,6 +306,21 @@ def count_flops(step: Callable[[list[Tensor]], None], views: list[Tensor]) -> fl
     return float(counter.get_total_flops())
 
 
+def profile_step(step: Callable[[list[Tensor]], None], views: list[Tensor], *, device: torch.device,
+                 rows: int) -> str:
+    """One step under ``torch.profiler``: the ``rows`` ops with the most self time, as the profiler's table.
+
+    Self time (not total) so that each microsecond is counted once: the ops that a faster step must remove."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(views)
+        _sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=48)
+
+
 def device_peak_tflops(device: torch.device, override: float | None) -> tuple[float | None, str]:
     """The device's dense bf16 peak: ``--peak-tflops`` if given, else the spec sheet by CUDA device name."""
     if override:
@@ -336,7 +360,7 @@ def make_views(s: Setting, device: torch.device, seed: int = 0) -> list[Tensor]:
 # One model
 # ----------------------------------------------------------------------------------------------------------------
 def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_compile: bool,
-                peak_tflops: float | None, log: Callable[[str], None]) -> ModelReport:
+                peak_tflops: float | None, log: Callable[[str], None], profile_rows: int = 0) -> ModelReport:
     timm_name, model_args = MODELS[key]
     gc.collect()
     _malloc_trim()
@@ -373,24 +397,32 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
         ours(views)
         ref(views)
     _sync(device)
+    if profile_rows:
+        for name, step in (("ours", ours), ("reference", ref)):
+            log(f"[{key}] profile of one {name} step (torch.profiler, ops by self time)\n"
+                + profile_step(step, views, device=device, rows=profile_rows))
 
     # timed, alternating which goes first; peak memory per step. The other implementation's weights and optimizer
     # state stay resident, so they are subtracted.
     states = {"ours": _state_bytes(train_step.unwrapped, train_step.optimizer), "reference": _state_bytes(ref_model, ref.optimizer)}
     times: dict[str, list[float]] = {"ours": [], "reference": []}
+    cpu_times: dict[str, list[float]] = {"ours": [], "reference": []}
     peaks = {"ours": 0, "reference": 0}
     log(f"[{key}] timing {s.steps} steps each, alternating")
     for i in range(s.steps):
         for name, step in (("ours", ours), ("reference", ref)) if i % 2 == 0 else (("reference", ref), ("ours", ours)):
             with PeakMemory(device) as pm:
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step(views)
                 _sync(device)
                 times[name].append(time.perf_counter() - t0)
+                cpu = time.process_time() - c0
+            cpu_times[name].append(cpu - pm.sampler_cpu_s)
             other = "reference" if name == "ours" else "ours"
             peaks[name] = max(peaks[name], pm.peak - states[other])
-        log(f"[{key}]   step {i + 1}: ours {times['ours'][-1]:.3f}s  reference {times['reference'][-1]:.3f}s")
+        log(f"[{key}]   step {i + 1}: ours {times['ours'][-1]:.3f}s ({cpu_times['ours'][-1]:.2f} CPU s)  "
+            f"reference {times['reference'][-1]:.3f}s ({cpu_times['reference'][-1]:.2f} CPU s)")
 
     crops = s.n_global + s.n_local
 
@@ -398,7 +430,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
         t = statistics.median(times[name])
         return Result(
             impl=name, step_time_s=t, step_time_min_s=min(times[name]),
-            step_times_s=[round(x, 4) for x in times[name]],
+            step_times_s=[round(x, 4) for x in times[name]], cpu_time_s=statistics.median(cpu_times[name]),
             images_per_s=s.batch_size / t, crops_per_s=s.batch_size * crops / t,
             peak_mem_gb=peaks[name] / 1e9, peak_mem_per_image_mb=(peaks[name] - baseline) / 1e6 / s.batch_size,
             flops_per_step=flops, achieved_tflops=flops / t / 1e12,
@@ -409,6 +441,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
     report = ModelReport(model=key, timm_name=timm_name, params_m=round(params_m, 2), setting=asdict(s),
                          ours=r_ours, reference=r_ref, ratio_ours_over_ref=r_ours.step_time_s / r_ref.step_time_s,
                          ratio_min=r_ours.step_time_min_s / r_ref.step_time_min_s,
+                         ratio_cpu=r_ours.cpu_time_s / r_ref.cpu_time_s,
                          extras={"bad_steps_ours": train_step.state.bad_steps_total})
     del ours, train_step, ref, method, ref_model, views
     gc.collect()
@@ -455,6 +488,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (CUDA: looked up by name)")
     p.add_argument("--measure-peak", action="store_true", help="also measure a dense matmul peak (bf16 CUDA, fp32 CPU)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="after the warmup, profile one step of each (torch.profiler) and print its ROWS ops\n"
+                        "with the most self time; that step is not among the timed ones")
     return p.parse_args(argv)
 
 
@@ -474,7 +510,8 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def print_table(reports: list[ModelReport], mem_label: str) -> None:
     head = (f"{'model':8} {'impl':9} {'batch':>5} {'crops':>12} {'step s':>8} {'img/s':>7} {'crops/s':>8} "
-            f"{mem_label:>11} {'MB/img':>7} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU %':>6} {'ours/ref':>8} {'(min)':>6}")
+            f"{mem_label:>11} {'MB/img':>7} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU %':>6} {'ours/ref':>8} {'(min)':>6} "
+            f"{'CPU s':>7} {'(CPU)':>6}")
     print(head)
     print("-" * len(head))
     for r in reports:
@@ -483,11 +520,12 @@ def print_table(reports: list[ModelReport], mem_label: str) -> None:
         for res in (r.ours, r.reference):
             ratio = f"{r.ratio_ours_over_ref:.2f}" if res.impl == "ours" else ""
             ratio_min = f"{r.ratio_min:.2f}" if res.impl == "ours" else ""
+            ratio_cpu = f"{r.ratio_cpu:.2f}" if res.impl == "ours" else ""
             mfu = None if res.mfu is None else 100 * res.mfu
             print(f"{r.model:8} {res.impl:9} {s['batch_size']:>5} {crops:>12} {res.step_time_s:>8.3f} "
                   f"{res.images_per_s:>7.2f} {res.crops_per_s:>8.1f} {res.peak_mem_gb:>11.2f} "
                   f"{res.peak_mem_per_image_mb:>7.0f} {res.flops_per_step / 1e9:>11.1f} {res.achieved_tflops:>8.3f} "
-                  f"{_fmt(mfu, '.1f'):>6} {ratio:>8} {ratio_min:>6}")
+                  f"{_fmt(mfu, '.1f'):>6} {ratio:>8} {ratio_min:>6} {res.cpu_time_s:>7.2f} {ratio_cpu:>6}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -528,10 +566,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{s.n_local}x{s.local_size} crops, head out_dim {s.out_dim}, warmup {s.warmup}, timed {s.steps}",
               flush=True)
         reports.append(bench_model(key, s, device=device, bf16=bf16, use_compile=args.compile, peak_tflops=peak,
-                                   log=lambda m: print(m, flush=True)))
+                                   log=lambda m: print(m, flush=True), profile_rows=args.profile))
     print()
     print_table(reports, "peak GB" if device.type == "cuda" else "peak RSS GB")
-    print(f"\nstep time = median over timed steps; ours/ref < 1 means ours is faster ((min): fastest steps). "
+    print(f"\nstep time = median over timed steps; ours/ref < 1 means ours is faster ((min): fastest steps; "
+          f"(CPU): median CPU seconds of the process per step, less sensitive to other processes on the cores). "
           f"MFU vs {peak_src}. "
           f"total {time.perf_counter() - t_start:.0f}s; process max RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

@@ -1,10 +1,15 @@
 """One DINO step on a tiny ViT and a tiny Swin."""
 
 import dataclasses
+from collections import Counter
 
+import pytest
 import torch
+from lightly.models.modules import DINOProjectionHead
 
 from selfsup.config import DINOConfig
+from selfsup.methods import dino as dino_module
+from selfsup.methods._dino_head import head_over_batches
 from selfsup.methods.base import Method
 from selfsup.methods.dino import DINO
 from selfsup.models.backbone import create_backbone
@@ -19,9 +24,9 @@ def _views(b=4, n_local=2):
     ]
 
 
-def _dino(spec):
+def _dino(spec, **overrides):
     torch.manual_seed(0)
-    heads = DINOConfig(out_dim=256, hidden_dim=64, bottleneck_dim=32, freeze_last_layer_epochs=1)
+    heads = DINOConfig(out_dim=256, hidden_dim=64, bottleneck_dim=32, freeze_last_layer_epochs=1, **overrides)
     return DINO(create_backbone(spec["name"], model_args=spec["model_args"]), n_global=2, **dataclasses.asdict(heads))
 
 
@@ -169,3 +174,64 @@ def test_koleo_term_is_the_dinov2_formula_per_global_view():
     diff = koleo(views, ctx).loss - plain(views, ctx).loss
     torch.testing.assert_close(diff, 0.25 * expected, atol=1e-4, rtol=1e-4)
     assert abs(float(expected)) > 1e-3  # the term is not vacuous on this batch
+
+
+def one_head_call_per_batch(head, batches):
+    """What the heads did before :func:`head_over_batches`: one call of the whole head per view."""
+    return torch.cat([head(x) for x in batches])
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batchnorm"])
+def test_head_over_batches_gives_the_outputs_and_gradients_of_one_head_call_per_view(batch_norm):
+    def make_head():
+        torch.manual_seed(0)
+        return DINOProjectionHead(24, 32, 16, 64, batch_norm=batch_norm, norm_last_layer=False).train()
+
+    head, per_view = make_head(), make_head()
+    views = [torch.randn(6, 24) * (i + 1) + i for i in range(3)]  # views with different statistics
+    out, expected = head_over_batches(head, views), one_head_call_per_batch(per_view, views)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for (name, p), q in zip(head.named_parameters(), per_view.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    if batch_norm:  # not vacuous: one BN call over every view mixes their statistics and gives other outputs
+        assert not torch.allclose(per_view(torch.cat(views)), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batchnorm"])
+def test_dino_step_runs_each_last_layer_once_and_the_mlp_per_view_only_with_batchnorm(batch_norm):
+    """The weight-normalised last layer (a (k, bottleneck) weight rebuilt at each call) runs once per head and step;
+    the MLP runs once per view only where BatchNorm makes a view's output depend on the other rows of its call."""
+    from tests.conftest import TINY_VIT
+
+    m = _dino(TINY_VIT, batch_norm=batch_norm).train()
+    calls: Counter[str] = Counter()
+    for name in ("student_head", "teacher_head"):
+        head = getattr(m, name)
+        head.last_layer.register_forward_hook(lambda *_, key=f"{name}.last_layer": calls.update([key]))
+        head.layers.register_forward_hook(lambda *_, key=f"{name}.layers": calls.update([key]))
+    views = _views(n_local=3)  # 2 global + 3 local
+    m(views, m.step_context(0, steps_per_epoch=10, total_steps=100))
+    mlp_student, mlp_teacher = (5, 2) if batch_norm else (1, 1)
+    assert calls == {"student_head.last_layer": 1, "teacher_head.last_layer": 1,
+                     "student_head.layers": mlp_student, "teacher_head.layers": mlp_teacher}
+
+
+@pytest.mark.parametrize("center", ["mean", "sinkhorn_knopp"])
+def test_dino_loss_and_gradients_equal_those_of_one_head_call_per_view_without_batchnorm(monkeypatch, center):
+    from tests.conftest import TINY_VIT
+
+    fast, per_view = _dino(TINY_VIT, center=center).train(), _dino(TINY_VIT, center=center).train()
+    views, ctx = _views(n_local=2), fast.step_context(0, steps_per_epoch=10, total_steps=100)
+    out = fast(views, ctx)
+    out.loss.backward()
+    monkeypatch.setattr(dino_module, "head_over_batches", one_head_call_per_batch)
+    expected = per_view(views, ctx)
+    expected.loss.backward()
+    torch.testing.assert_close(out.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.criterion.center, per_view.criterion.center)
+    for (name, p), q in zip(fast.named_parameters(), per_view.parameters()):
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)

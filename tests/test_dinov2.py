@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import pytest
 import torch
@@ -12,11 +13,13 @@ from lightly.loss import DINOLoss, IBOTPatchLoss
 from selfsup.config import DINOConfig, DINOv2Config, load_config
 from selfsup.errors import ConfigError
 from selfsup.methods._centering import cross_view_entropy, masked_patch_entropy, sinkhorn_knopp_targets
+from selfsup.methods import dinov2 as dinov2_module
 from selfsup.methods.dino import DINO
 from selfsup.methods.dinov2 import DINOv2
 from selfsup.models.backbone import create_backbone
 from selfsup.train.loop import pretrain
 from tests.conftest import TINY_SWIN, TINY_VIT
+from tests.test_dino import one_head_call_per_batch
 from tests.pipeline_utils import CONFIGS, last_weights, make_shards, tiny_config
 
 
@@ -123,6 +126,29 @@ def test_one_dinov2_step_masks_moves_the_teacher_and_logs_its_terms():
     m.after_optimizer_step(ctx)
     assert any(not torch.equal(before[k], v) for k, v in m.teacher_backbone.state_dict().items())
     assert m.export_backbone() is m.teacher_backbone
+
+
+@pytest.mark.parametrize("separate", [False, True], ids=["shared_head", "separate_ibot_head"])
+def test_dinov2_loss_and_gradients_equal_those_of_one_head_call_per_view_and_for_the_patches(monkeypatch, separate):
+    """The heads run over every view and the masked patch tokens at once (one last-layer pass for a shared head),
+    and give the loss and gradients of one head call per view plus one on the patch tokens."""
+    fast, per_view = (small_dinov2(separate_ibot_head=separate).train() for _ in range(2))
+    views = [torch.randn(4, 3, 32, 32) for _ in range(2)] + [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    ctx = fast.step_context(0, steps_per_epoch=10, total_steps=100)
+    random.seed(1)  # the same masks for both (lightly's random_block_mask draws from Python's random)
+    out = fast(views, ctx)
+    out.loss.backward()
+    monkeypatch.setattr(dinov2_module, "head_over_batches", one_head_call_per_batch)
+    random.seed(1)
+    expected = per_view(views, ctx)
+    expected.loss.backward()
+    assert out.logs["masked_tokens"] > 0 and out.logs["ibot_loss"] > 0
+    for key in ("dino_loss", "ibot_loss", "masked_tokens"):
+        torch.testing.assert_close(out.logs[key], expected.logs[key], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, expected.loss, atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(fast.named_parameters(), per_view.parameters()):
+        if p.requires_grad and p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_shared_head_is_one_module_with_one_set_of_keys():

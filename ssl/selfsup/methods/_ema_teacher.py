@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from selfsup.methods._dino_head import BATCH_NORMS
 from selfsup.methods.base import StepContext, ema_step_context
 from selfsup.optim.schedules import linear_warmup
 
@@ -15,7 +16,7 @@ def set_teacher_mode(teachers: tuple[nn.Module, ...], mode: bool) -> None:
     for teacher in teachers:
         teacher.eval()
         for module in teacher.modules():
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)):
+            if isinstance(module, BATCH_NORMS):
                 module.train(mode)
 
 

@@ -5,10 +5,12 @@ from past iterations of the student" via an exponential moving average. The stud
 the teacher only the global ones; the teacher output is centered and sharpened to avoid collapse.
 Built from lightly's ``DINOProjectionHead``, ``DINOLoss`` and ``update_momentum``.
 
-The backbone sees the crops of one size in one pass; the heads see one view at a time, as in lightly's DINO
-examples (and MoCo v3 here), so a ``batch_norm`` head normalises each view with its own batch statistics. The
-authors' code runs the head once on all crops; on CIFAR-10 (2 seeds, 312 steps, kNN k=20) per-view heads gave
-31.5 / 31.3 against 31.25 / 31.05 (README: parity with the reference loop). Without BN the two are the same.
+The backbone sees the crops of one size in one pass; the heads give each view what a call on that view alone
+gives, as in lightly's DINO examples (and MoCo v3 here), so a ``batch_norm`` head normalises each view with its own
+batch statistics. The authors' code runs the head once on all crops; on CIFAR-10 (2 seeds, 312 steps, kNN k=20)
+per-view heads gave 31.5 / 31.3 against 31.25 / 31.05 (README: parity with the reference loop). Without BN the two
+are the same, and the head runs once on every crop; with BN only its MLP runs per view, and the weight-normalised
+last layer always runs once (:func:`~selfsup.methods._dino_head.head_over_batches`).
 
 Shapes: b = batch, v = views (g global + l local), d = backbone dim, k = head output dim.
 """
@@ -27,6 +29,7 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from torch import Tensor, nn
 
 from selfsup.methods._centering import cross_view_entropy, entropy, mean_centered_targets, sinkhorn_knopp_targets
+from selfsup.methods._dino_head import head_over_batches
 from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.models.backbone import embed_dim
 from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
@@ -125,9 +128,9 @@ class DINO(nn.Module):
         v, b = len(views), views[0].shape[0]
         with torch.no_grad():
             t_emb = forward_multicrop(self.teacher_backbone, views[: self.n_global])  # (g*b, d)
-            t_out = torch.cat([self.teacher_head(e) for e in t_emb.chunk(self.n_global)])  # (g*b, k)
+            t_out = head_over_batches(self.teacher_head, t_emb.chunk(self.n_global))  # (g*b, k)
         s_emb = forward_multicrop(self.student_backbone, views)  # (v*b, d)
-        s_out = torch.cat([self.student_head(e) for e in s_emb.chunk(v)])  # (v*b, k)
+        s_out = head_over_batches(self.student_head, s_emb.chunk(v))  # (v*b, k)
         # Under bf16 autocast the heads' outputs are bf16; the softmaxes over k and the cross-entropy einsum run in
         # fp32 (CPU autocast would keep softmax in bf16, and autocast casts the einsum's matmul down).
         with torch.autocast(device_type=s_out.device.type, enabled=False):

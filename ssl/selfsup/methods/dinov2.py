@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Sequence
 from typing import Callable
 
 import torch
@@ -41,6 +42,7 @@ from selfsup.methods._centering import (
     mean_centered_targets,
     sinkhorn_knopp_targets,
 )
+from selfsup.methods._dino_head import head_over_batches
 from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
 from selfsup.methods.base import StepContext, StepOutput
@@ -186,6 +188,19 @@ class DINOv2(nn.Module):
         prefix = masks.new_zeros(masks.shape[0], vit.num_prefix_tokens)
         return self.student_backbone.encode(images, mask=torch.cat([prefix, masks.flatten(1)], dim=1))
 
+    @staticmethod
+    def _heads(head: DINOProjectionHead, patch_head: DINOProjectionHead | None, views: Sequence[Tensor],
+               patches: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The DINO head on each view's class tokens (each (b, d)) and the iBOT head on the masked patch tokens
+        (m, d), each batch as if it had the head to itself (:func:`head_over_batches`); with a shared head, one pass
+        of its last layer over both. Returns (v*b, k) and (m, k') or None."""
+        if patches is None:
+            return head_over_batches(head, views), None
+        if patch_head is not None:
+            return head_over_batches(head, views), head_over_batches(patch_head, [patches])
+        cls_out, patch_out = head_over_batches(head, [*views, patches]).split([sum(map(len, views)), len(patches)])
+        return cls_out, patch_out
+
     def forward(self, views: list[Tensor], ctx: StepContext) -> StepOutput:
         g, v, b = self.n_global, len(views), views[0].shape[0]
         vit, p = self.student_backbone.vit, self.student_backbone.vit.num_prefix_tokens
@@ -195,14 +210,14 @@ class DINOv2(nn.Module):
         with torch.no_grad():
             t_tok = self.teacher_backbone.forward_features(global_views)  # (g*b, p + n, d)
             t_cls = self.teacher_backbone.forward_head(t_tok, pre_logits=True)  # (g*b, d)
-            t_out = torch.cat([self.teacher_head(e) for e in t_cls.chunk(g)])  # (g*b, k)
             masked = bool(flat.any())  # False only for tiny crops (a block needs a few tokens) or mask_probability 0
-            t_patch = self.teacher_ibot_head(t_tok[:, p:][flat]) if masked else None  # (m, k')
+            t_out, t_patch = self._heads(self.teacher_head, self.teacher_patch_head, t_cls.chunk(g),
+                                         t_tok[:, p:][flat] if masked else None)  # (g*b, k), (m, k') or None
         s_tok = self.student_tokens(global_views, masks)  # (g*b, p + n, d)
         s_cls = vit.forward_head(s_tok, pre_logits=True)  # (g*b, d)
         s_emb = torch.cat([s_cls, forward_multicrop(vit, views[g:])]) if v > g else s_cls  # (v*b, d)
-        s_out = torch.cat([self.student_head(e) for e in s_emb.chunk(v)])  # (v*b, k)
-        s_patch = self.student_ibot_head(s_tok[:, p:][flat]) if masked else None  # (m, k')
+        s_out, s_patch = self._heads(self.student_head, self.student_patch_head, s_emb.chunk(v),
+                                     s_tok[:, p:][flat] if masked else None)  # (v*b, k), (m, k') or None
         temp = ctx.teacher_temp if ctx.teacher_temp is not None else self.teacher_temp
         # the softmaxes and cross-entropies in fp32, as in DINO (autocast would keep them in bf16 on the CPU)
         with torch.autocast(device_type=s_out.device.type, enabled=False):
