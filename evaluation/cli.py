@@ -6,6 +6,7 @@
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
     selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
     selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
+    selfsup-eval curate   --weights EXPORT --images POOL [--labels DIR] --out DIR   (writes DIR/duplicates.csv, ...)
     selfsup-eval detect   --weights EXPORT --data VOC_DIR|COCO_JSON --out DIR ...      (writes DIR/detection.json)
 
 User errors print one line and exit 2.
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.embed import add_embed_parser
 
     add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/embed.py)
+    from evaluation.curate import add_curate_parser
+
+    add_curate_parser(sub)  # `curate`: duplicates, outliers, label issues of a pool (evaluation/curate.py)
     return parser
 
 
@@ -232,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.embed import embed_command
 
         return run_cli("selfsup-eval", lambda: embed_command(args))
+    if args.command == "curate":
+        from evaluation.curate import curate_command
+
+        return run_cli("selfsup-eval", lambda: curate_command(args, command="selfsup-eval " + shlex.join(argv)))
     return run_cli("selfsup-eval", lambda: run(args, command="selfsup-eval " + shlex.join(argv)))
 
 
