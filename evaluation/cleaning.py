@@ -35,7 +35,7 @@ def outlier_scores(feats: torch.Tensor | np.ndarray, *, k: int = 10) -> np.ndarr
 
     x = _normalised(feats)
     k = max(1, min(k, len(x) - 1))
-    return np.asarray(OutOfDistribution(params={"k": k}).fit_score(features=x), dtype=np.float64)
+    return np.asarray(OutOfDistribution(params={"k": k}).fit_score(features=x, verbose=False), dtype=np.float64)
 
 
 @dataclass

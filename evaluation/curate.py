@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from evaluation.cleaning import find_label_issues, outlier_scores
-from evaluation.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, MUTUAL_THRESHOLD, Prints, Rule, find_duplicates
-from evaluation.embed import image_files
-from evaluation.pool import Pool, load_pool
+from evaluation.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
+from evaluation.embed import image_files, iter_images
+from evaluation.pool import Pool, load_pool, pool_sources
+from selfsup.data.decode import decode_rgb
 from evaluation.retrieval import nearest_neighbours
 from selfsup.errors import ConfigError, DataError
 
@@ -73,8 +74,22 @@ def labelled_classes(root: str) -> tuple[list[str], dict[str, int]]:
     return classes, {key: index[Path(key).parts[0]] for key, _ in files}
 
 
-def _prints(pool: Pool) -> Prints:
+def pool_prints(pool: Pool) -> Prints:
+    """The duplicate test's view of a pool."""
     return Prints(pool.feats, pool.sha256, pool.phash)
+
+
+def pool_images(pool: Pool) -> ImageLoader:
+    """Load a pool's images by row: a folder's files directly, shards in one pass over them per call."""
+    def load(indices: list[int]) -> list[Any]:
+        files, urls = pool_sources(pool.source)
+        if files is not None:
+            return [pool.image(i) for i in indices]
+        wanted = {pool.keys[i] for i in indices}
+        blobs = {k: b for k, b in iter_images(urls=urls) if k in wanted}
+        return [decode_rgb(blobs[pool.keys[i]]) for i in indices]
+
+    return load
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -85,7 +100,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 
 def _duplicates(pool: Pool, rule: Rule, out: Path) -> dict[str, Any]:
-    pairs = find_duplicates(_prints(pool), rule=rule)
+    pairs = find_duplicates(pool_prints(pool), rule=rule, images=pool_images(pool))
     _write_csv(out / DUPLICATES_FILE, ["path_a", "path_b", "similarity"],
                [[pool.keys[p.a], pool.keys[p.b], f"{p.similarity:.4f}"] for p in pairs])
     identical = sum(p.kind == "identical" for p in pairs)
@@ -143,7 +158,7 @@ def _markdown(summary: dict[str, Any]) -> str:
                   f"![duplicates]({d['plot']})", ""]
     lines += ["## Outliers", "", f"Every image in `{OUTLIERS_FILE}`, lowest density first (cleanlab "
               "OutOfDistribution score: exp(-mean cosine distance to the 10 nearest images)). "
-              f"The {SHOWN['outliers']} lowest:", "", f"![outliers]({o['plot']})", ""]
+              f"The {min(SHOWN['outliers'], summary['pool_size'])} lowest:", "", f"![outliers]({o['plot']})", ""]
     if li is not None:
         lines += ["## Label issues", "",
                   f"{li['issues']} of {li['images']} images of `{summary['labels']}` ({li['classes']} classes) have a "
@@ -172,8 +187,7 @@ def run_curate(*, weights: str, images: str, out: str | Path, labels: str | None
               num_workers=num_workers, device=device, img_size=img_size)
     pool = load_pool(images=images, **kw)  # every input error is raised before this writes its cache
     lab = load_pool(images=labels, **kw) if labels else None
-    rule = Rule(threshold=dup_threshold, max_hash_distance=max_hash_distance,
-                mutual_threshold=max(MUTUAL_THRESHOLD, dup_threshold))
+    rule = Rule(threshold=dup_threshold, max_hash_distance=max_hash_distance)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"images": images, "pool_size": len(pool), "weights": weights, "labels": labels,
                                "command": command, "rule": rule.describe()}

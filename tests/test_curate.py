@@ -13,10 +13,8 @@ import torch
 from PIL import Image
 
 from evaluation.cli import main as eval_main
-from evaluation.duplicates import Prints, Rule, find_duplicates
-from tests.visual_utils import make_visual_setup
-
-COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200)]
+from evaluation.duplicates import Prints, Rule, aligned_correlation, find_duplicates, pixel_views
+from tests.visual_utils import make_pattern_folder, make_visual_setup, pattern_image
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -29,25 +27,45 @@ def _unit(v: list[float]) -> list[float]:
     return list(a / np.linalg.norm(a))
 
 
-def test_duplicate_rule_needs_the_pixels_or_a_mutual_match():
-    # 0 and 1: close features, hashes 2 bits apart -> near-duplicate
-    # 2 and 3: cosine 0.95, hashes 30 bits apart, not close enough for the mutual route -> not a pair
-    # 4 and 5: cosine 0.99, mutual nearest neighbours, hashes 30 bits apart (a crop) -> near-duplicate
+def test_duplicate_rule_needs_the_pixels_to_confirm_close_features():
+    # 0 and 1: close features, hashes 2 bits apart -> near-duplicate (by the hash)
+    # 2 and 3: cosine 0.95, mutual nearest neighbours, hashes 30 bits apart, different pictures -> not a pair
+    # 4 and 5: cosine 0.99, mutual nearest neighbours, hashes 30 bits apart, 5 is a 2 px crop of 4 -> near-duplicate
     # 6: the same exact hash as 0 -> identical
     feats = torch.tensor([_unit([1, 0.02, 0, 0, 0]), _unit([1, 0.03, 0, 0, 0]), _unit([0, 1, 0, 0, 0]),
                           _unit([0, 0.95, 0.312, 0, 0]), _unit([0, 0, 0, 1, 0]), _unit([0, 0, 0, 0.99, 0.141]),
                           _unit([0.2, 0, 0, 0, 1])], dtype=torch.float32)
     phash = np.array([0b11, 0b00, 0, (1 << 30) - 1, 0, (1 << 30) - 1, 0b11], dtype=np.int64)
     hashes = ["x", "y", "z", "w", "v", "u", "x"]
-    pairs = find_duplicates(Prints(feats, hashes, phash), rule=Rule(threshold=0.9, max_hash_distance=10,
-                                                                     mutual_threshold=0.97, neighbours=3))
+    rng = np.random.default_rng(0)
+    pictures = [pattern_image(rng, (128, 128, 128)) for _ in range(7)]
+    pictures[5] = pictures[4].crop((2, 2, 40, 40))
+    loaded: list[int] = []
+
+    def images(indices: list[int]) -> list[Image.Image]:
+        loaded.extend(indices)
+        return [pictures[i] for i in indices]
+
+    prints = Prints(feats, hashes, phash)
+    rule = Rule(threshold=0.9, max_hash_distance=10, pixel_correlation=0.95, neighbours=3)
+    pairs = find_duplicates(prints, rule=rule, images=images)
     found = {(p.a, p.b): p for p in pairs}
     assert set(found) == {(0, 6), (0, 1), (4, 5)}
     assert found[(0, 6)].kind == "identical" and found[(0, 6)].similarity == 1.0 and pairs[0] == found[(0, 6)]
     assert found[(0, 1)].kind == "near" and found[(0, 1)].hash_distance == 2
-    # a stricter hash test drops the hash route; a stricter mutual cosine drops the crop
-    assert {(p.a, p.b) for p in find_duplicates(Prints(feats, hashes, phash),
-                                                 rule=Rule(0.9, 1, 0.99999, 3))} == {(0, 6)}
+    assert sorted(set(loaded)) == [2, 3, 4, 5]  # only the mutual pairs the hash did not confirm are looked at
+    # without images only the hash confirms; a stricter hash test leaves the identical pair alone
+    assert set((p.a, p.b) for p in find_duplicates(prints, rule=rule)) == {(0, 6), (0, 1)}
+    assert {(p.a, p.b) for p in find_duplicates(prints, rule=Rule(0.9, 1, 0.95, 3))} == {(0, 6)}
+
+
+def test_aligned_correlation_finds_crops_and_resizes_but_not_other_pictures():
+    rng = np.random.default_rng(1)
+    a, b = pattern_image(rng, (200, 40, 40)), pattern_image(rng, (200, 40, 40))
+    views = pixel_views(a)
+    assert aligned_correlation(views, pixel_views(a.crop((0, 3, 37, 40)))) > 0.99
+    assert aligned_correlation(views, pixel_views(a.resize((96, 96)))) > 0.99
+    assert aligned_correlation(views, pixel_views(b)) < 0.9
 
 
 def test_duplicates_between_two_sets_index_query_then_reference():
@@ -58,25 +76,13 @@ def test_duplicates_between_two_sets_index_query_then_reference():
     assert [(p.a, p.b, p.kind) for p in pairs] == [(2, 0, "identical"), (0, 3, "near"), (1, 1, "near")]
 
 
-def _image(rng: np.random.Generator, colour: tuple[int, int, int], size: int = 40) -> Image.Image:
-    """A smooth random pattern (3x3 noise upsampled) tinted by the class colour: every image differs."""
-    small = np.clip(128 + rng.normal(0, 90, (3, 3, 3)), 0, 255).astype(np.uint8)
-    a = np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC), dtype=np.float64)
-    return Image.fromarray(np.clip(0.8 * a + 0.2 * np.array(colour), 0, 255).astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("curate")
     make_visual_setup(root, n_train=8, n_val=1)  # root/export, root/train (3 colour classes, 8 each)
-    rng = np.random.default_rng(0)
-    pool = root / "pool"
-    for c, colour in enumerate(COLOURS):
-        (pool / f"c{c}").mkdir(parents=True)
-        for i in range(8):
-            _image(rng, colour).save(pool / f"c{c}" / f"{i}.png")
-    Image.open(pool / "c0" / "0.png").resize((80, 80), Image.BICUBIC).save(pool / "c0" / "copy_resized.png")
-    shutil.copy(pool / "c1" / "3.png", pool / "c2" / "bytecopy.png")
+    pool = make_pattern_folder(root / "pool", n=8)
+    Image.open(pool / "class0" / "0.png").resize((80, 80), Image.BICUBIC).save(pool / "class0" / "copy_resized.png")
+    shutil.copy(pool / "class1" / "3.png", pool / "class2" / "bytecopy.png")
     return root
 
 
@@ -93,8 +99,8 @@ def test_curate_finds_the_planted_copies_and_no_other_pair(setup, tmp_path):
     pairs = {(r["path_a"], r["path_b"]): float(r["similarity"]) for r in dups}
     # the byte copy by hash (similarity exactly 1, listed first), the resized copy by features + pixels; the other
     # 24 images, 8 per class and alike in colour, are not paired with each other
-    assert set(pairs) == {("c1/3.png", "c2/bytecopy.png"), ("c0/0.png", "c0/copy_resized.png")}
-    assert (dups[0]["path_a"], dups[0]["path_b"]) == ("c1/3.png", "c2/bytecopy.png") and dups[0]["similarity"] == "1.0000"
+    assert set(pairs) == {("class1/3.png", "class2/bytecopy.png"), ("class0/0.png", "class0/copy_resized.png")}
+    assert (dups[0]["path_a"], dups[0]["path_b"]) == ("class1/3.png", "class2/bytecopy.png") and dups[0]["similarity"] == "1.0000"
     outliers = _rows(out / "outliers.csv")
     scores = [float(r["score"]) for r in outliers]
     assert list(outliers[0]) == ["path", "score"] and len(outliers) == 26 and scores == sorted(scores)
@@ -128,7 +134,7 @@ def _bad_inputs(setup: Path, tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "noexport").mkdir()
     one = tmp / "one_class" / "only"
     one.mkdir(parents=True)
-    shutil.copy(setup / "pool" / "c0" / "0.png", one / "a.png")
+    shutil.copy(setup / "pool" / "class0" / "0.png", one / "a.png")
     foreign = tmp / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
