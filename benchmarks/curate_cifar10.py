@@ -144,18 +144,59 @@ def label_rankings(lab, flipped: set[str], classes: list[str]) -> dict:
     return out
 
 
+def pixel_stats(data: Path, *, per_class: int, seed: int) -> dict:
+    """What the pixels say, no model: perceptual-hash distance and aligned correlation of edited copies, against the
+    closest *other* image of the same originals (by hash, and by plain pixel correlation)."""
+    from evaluation.duplicates import aligned_correlation, pixel_views
+    from evaluation.fingerprints import hash_distance, perceptual_hash
+
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for c in sorted(d.name for d in data.iterdir() if d.is_dir()):
+        names = sorted(rng.choice(sorted(os.listdir(data / c)), per_class, replace=False))
+        imgs += [Image.open(data / c / n).convert("RGB") for n in names]
+    views = [pixel_views(im) for im in imgs]
+    ph = np.asarray([perceptual_hash(im) for im in imgs])
+    d = hash_distance(ph[:, None], ph[None])
+    np.fill_diagonal(d, 99)
+    whole = np.stack([v[0] for v in views])
+    corr = whole @ whole.T
+    np.fill_diagonal(corr, -9)
+    pct = (0, 1, 50)
+    out = {"images": len(imgs), "closest_other_hash_distance_percentiles": dict(zip(pct, np.percentile(d.min(1), pct))),
+           "closest_other_aligned_correlation_percentiles": dict(zip((50, 99, 100), np.percentile(
+               [aligned_correlation(views[i], views[j]) for i, j in enumerate(corr.argmax(1))], (50, 99, 100))))}
+    edits = {"resized": lambda im: im.resize((64, 64), Image.BICUBIC), "downsized": lambda im: im.resize((24, 24)),
+             "jpeg": lambda im: Image.open(io.BytesIO(plant(im, "jpeg")[0])).convert("RGB"),
+             "cropped 2 px": lambda im: im.crop((2, 2, im.width, im.height)),
+             "cropped 4 px": lambda im: im.crop((4, 4, im.width, im.height))}
+    for name, edit in edits.items():
+        copies = [edit(im) for im in imgs[:300]]
+        dist = [int(hash_distance(perceptual_hash(c), ph[i])) for i, c in enumerate(copies)]
+        out[name] = {"hash_distance_max": max(dist), "hash_distance_median": float(np.median(dist)),
+                     "aligned_correlation_min": float(min(aligned_correlation(views[i], pixel_views(c))
+                                                          for i, c in enumerate(copies)))}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="CIFAR-10 training images, DATA/<class>/<image>")
-    ap.add_argument("--weights", required=True, help="the export whose features curate uses")
-    ap.add_argument("--work", required=True, help="scratch folder for the pool, labels and curate's output")
+    ap.add_argument("--weights", help="the export whose features curate uses (not needed with --pixel-stats)")
+    ap.add_argument("--work", help="scratch folder for the pool, labels and curate's output")
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--copies", type=int, default=150)
     ap.add_argument("--flips", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--sweep", action="store_true", help="also score other duplicate thresholds")
+    ap.add_argument("--pixel-stats", action="store_true", help="only print what the pixels say (no model)")
     args = ap.parse_args(argv)
+    if args.pixel_stats:
+        print(json.dumps(pixel_stats(Path(args.data), per_class=args.per_class, seed=args.seed), indent=1))
+        return 0
+    if not args.weights or not args.work:
+        ap.error("--weights and --work are needed (except with --pixel-stats)")
     from evaluation.cli import main as eval_main
 
     work = Path(args.work)

@@ -8,7 +8,8 @@ Works on the export's features of the pool (:func:`evaluation.pool.load_pool`, c
 - ``duplicates.csv`` (``path_a,path_b,similarity``): identical files (same SHA-256; similarity 1.0) first, then
   near-duplicates by :mod:`evaluation.duplicates` (cosine >= ``--dup-threshold`` confirmed by the pixels), most
   similar first; paths relative to ``--images`` (``SHARD#KEY`` for shards);
-- ``outliers.csv`` (``path,score``): every pool image, lowest density first (:func:`evaluation.cleaning.outlier_scores`);
+- ``outliers.csv`` (``path,score``): every pool image, lowest density first
+  (:func:`evaluation.cleaning.outlier_scores`);
 - with ``--labels DIR`` (an image folder ``DIR/<class>/<image>``, checked on its own features; it may be the pool
   itself or another folder): ``label_issues.csv`` (``path,given_label,suggested_label,score``), the images cleanlab
   flags, most suspicious first (:func:`evaluation.cleaning.find_label_issues`; paths relative to ``DIR``);
@@ -149,10 +150,11 @@ def _label_issues(lab: Pool, labels: np.ndarray, classes: list[str], out: Path) 
 def _markdown(summary: dict[str, Any]) -> str:
     d, o, li = summary["duplicates"], summary["outliers"], summary.get("label_issues")
     lines = ["# Pool curation", "", f"- pool: `{summary['images']}` ({summary['pool_size']} images)",
-             f"- export: `{summary['weights']}`", f"- command: `{summary['command']}`" if summary["command"] else "",
-             "", "## Near-duplicates", "",
-             f"{d['pairs']} pairs ({d['identical']} identical files, {d['near']} near-duplicates) over {d['images']} "
-             f"images, in `{DUPLICATES_FILE}`. A near-duplicate: {summary['rule']}.", ""]
+             f"- export: `{summary['weights']}`"]
+    lines += [f"- command: `{summary['command']}`"] if summary["command"] else []
+    lines += ["", "## Near-duplicates", "",
+              f"{d['pairs']} pairs ({d['identical']} identical files, {d['near']} near-duplicates) over {d['images']} "
+              f"images, in `{DUPLICATES_FILE}`. A near-duplicate: {summary['rule']}.", ""]
     if d["plot"]:
         lines += [f"The {min(d['pairs'], SHOWN['duplicates'])} most similar pairs (cosine on the left):", "",
                   f"![duplicates]({d['plot']})", ""]
@@ -168,7 +170,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         if li["plot"]:
             lines += ["The most suspicious, `given → suggested`, with their nearest labelled images (green: the "
                       "suggested label):", "", f"![label issues]({li['plot']})", ""]
-    return "\n".join(line for line in lines if line is not None)
+    return "\n".join(lines)
 
 
 def run_curate(*, weights: str, images: str, out: str | Path, labels: str | None = None,

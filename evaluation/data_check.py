@@ -34,7 +34,10 @@ PRINTS_VERSION = 1
 LISTED = 50  # pairs listed in report.md (all of them are in the JSON)
 
 
-def _cached_prints(path: Path, compute: Callable[[], tuple[list[str], list[str], list[int]]]) -> tuple[list[str], list[str], np.ndarray]:
+Columns = tuple[list[str], list[str], list[int]]  # names, pixel SHA-256s, perceptual hashes
+
+
+def _cached_prints(path: Path, compute: Callable[[], Columns]) -> tuple[list[str], list[str], np.ndarray]:
     """``(names, pixel hashes, perceptual hashes)`` read from ``path`` or computed and saved there."""
     if path.exists():
         doc = json.loads(path.read_text())
@@ -51,7 +54,7 @@ def _cached_prints(path: Path, compute: Callable[[], tuple[list[str], list[str],
 def labelled_prints(images: LabelledImages, feats: torch.Tensor, *, cache_dir: Path) -> tuple[list[str], Prints]:
     """Names and :class:`Prints` (pixel SHA-256, perceptual hash, ``feats``) of a labelled set, the hashes cached
     under its identity (one decoding pass per data set)."""
-    def compute() -> tuple[list[str], list[str], list[int]]:
+    def compute() -> Columns:
         names, shas, phash = [], [], []
         for i in range(len(images)):
             img = images.image(i)
@@ -76,7 +79,7 @@ def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
     pool = load_pool(weights=weights, images=spec, cache_dir=cache_dir, **pool_kw)
     files, urls = pool_sources(spec)
 
-    def compute() -> tuple[list[str], list[str], list[int]]:
+    def compute() -> Columns:
         sha = {key: pixel_sha256(decode_rgb(blob)) for key, blob in iter_images(files=files, urls=urls)}
         return pool.keys, [sha[k] for k in pool.keys], pool.phash.tolist()
 

@@ -29,8 +29,8 @@ def _unit(v: list[float]) -> list[float]:
 
 def test_duplicate_rule_needs_the_pixels_to_confirm_close_features():
     # 0 and 1: close features, hashes 2 bits apart -> near-duplicate (by the hash)
-    # 2 and 3: cosine 0.95, mutual nearest neighbours, hashes 30 bits apart, different pictures -> not a pair
-    # 4 and 5: cosine 0.99, mutual nearest neighbours, hashes 30 bits apart, 5 is a 2 px crop of 4 -> near-duplicate
+    # 2 and 3: cosine 0.95, hashes 30 bits apart, different pictures -> not a pair
+    # 4 and 5: cosine 0.99, hashes 30 bits apart, 5 is a 2 px crop of 4 -> near-duplicate (by the aligned pixels)
     # 6: the same exact hash as 0 -> identical
     feats = torch.tensor([_unit([1, 0.02, 0, 0, 0]), _unit([1, 0.03, 0, 0, 0]), _unit([0, 1, 0, 0, 0]),
                           _unit([0, 0.95, 0.312, 0, 0]), _unit([0, 0, 0, 1, 0]), _unit([0, 0, 0, 0.99, 0.141]),
@@ -53,7 +53,7 @@ def test_duplicate_rule_needs_the_pixels_to_confirm_close_features():
     assert set(found) == {(0, 6), (0, 1), (4, 5)}
     assert found[(0, 6)].kind == "identical" and found[(0, 6)].similarity == 1.0 and pairs[0] == found[(0, 6)]
     assert found[(0, 1)].kind == "near" and found[(0, 1)].hash_distance == 2
-    assert sorted(set(loaded)) == [2, 3, 4, 5]  # only the mutual pairs the hash did not confirm are looked at
+    assert sorted(set(loaded)) == [2, 3, 4, 5]  # only the close pairs the hash did not confirm are looked at
     # without images only the hash confirms; a stricter hash test leaves the identical pair alone
     assert set((p.a, p.b) for p in find_duplicates(prints, rule=rule)) == {(0, 6), (0, 1)}
     assert {(p.a, p.b) for p in find_duplicates(prints, rule=Rule(0.9, 1, 0.95, 3))} == {(0, 6)}
@@ -100,7 +100,8 @@ def test_curate_finds_the_planted_copies_and_no_other_pair(setup, tmp_path):
     # the byte copy by hash (similarity exactly 1, listed first), the resized copy by features + pixels; the other
     # 24 images, 8 per class and alike in colour, are not paired with each other
     assert set(pairs) == {("class1/3.png", "class2/bytecopy.png"), ("class0/0.png", "class0/copy_resized.png")}
-    assert (dups[0]["path_a"], dups[0]["path_b"]) == ("class1/3.png", "class2/bytecopy.png") and dups[0]["similarity"] == "1.0000"
+    assert (dups[0]["path_a"], dups[0]["path_b"], dups[0]["similarity"]) == ("class1/3.png", "class2/bytecopy.png",
+                                                                            "1.0000")
     outliers = _rows(out / "outliers.csv")
     scores = [float(r["score"]) for r in outliers]
     assert list(outliers[0]) == ["path", "score"] and len(outliers) == 26 and scores == sorted(scores)
