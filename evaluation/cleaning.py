@@ -2,8 +2,8 @@
 
 - :func:`outlier_scores`: cleanlab's ``OutOfDistribution`` fitted on the L2-normalised features: the score of an
   image is ``exp(-mean cosine distance to its k = 10 nearest other images)`` in (0, 1]; low = few close images
-  (a low-density, atypical image). The same score cleanlab's ``Datalab`` reports as its ``outlier`` issue when
-  given features.
+  (a low-density, atypical image). ``Datalab``'s ``outlier`` issue ranks by the same mean distance (it rescales the
+  exponent by the median distance), so the order is the same.
 - :func:`find_label_issues`: confident learning (Northcutt, Jiang & Chuang 2021). Out-of-fold predicted
   probabilities: a logistic regression on the L2-normalised features, fitted by scikit-learn's
   ``cross_val_predict`` on 4/5 of the images and predicting the 5th it never saw (5 stratified folds); cleanlab's
