@@ -90,8 +90,12 @@ class Rule:
 
 def pixel_views(img: Image.Image) -> np.ndarray:
     """(v, VIEW_SIZE**2) standardised grey thumbnails: the whole image (row 0) and its crops at :data:`VIEW_SCALES`
-    of its side on the :data:`VIEW_OFFSETS` grid, each resized to ``VIEW_SIZE`` square."""
+    of its side on the :data:`VIEW_OFFSETS` grid, each resized to ``VIEW_SIZE`` square. A large image is first
+    shrunk to twice ``VIEW_SIZE`` square (the crops are shares of each side, so squashing first is the same
+    alignment), so a photo costs what a thumbnail does."""
     grey = img.convert("L")
+    if max(grey.size) > 2 * VIEW_SIZE:
+        grey = grey.resize((2 * VIEW_SIZE, 2 * VIEW_SIZE), Image.BILINEAR)
     w, h = grey.size
     rows = []
     for s in VIEW_SCALES:
