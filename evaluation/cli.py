@@ -6,6 +6,7 @@
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
     selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
     selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
+    selfsup-eval curate   --weights EXPORT --images POOL [--labels DIR] --out DIR   (writes DIR/duplicates.csv, ...)
     selfsup-eval detect   --weights EXPORT --data VOC_DIR|COCO_JSON --out DIR ...      (writes DIR/detection.json)
     selfsup-eval select   --weights EXPORT --images POOL --budget N --out DIR  (writes DIR/selection.{txt,json,png})
 
@@ -66,6 +67,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=_positive, default=None, help="override the export's input size")
     p.add_argument("--allow-pipe", action="store_true",
                    help="accept pipe:CMD lines in shard lists (they run CMD in a shell; refused by default)")
+
+
+def _add_pretrain_shards(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrain-shards", default=None,
+                   help="the pretraining shards (or image folder): also report which val images are among them")
 
 
 def _add_finetune(p: argparse.ArgumentParser) -> None:
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     report = sub.add_parser("report", help="kNN + linear probe (+ fine-tune) for the export and baselines")
     _add_common(report)
+    _add_pretrain_shards(report)
     report.add_argument("--finetune", action="store_true", help="also fine-tune the whole network")
     report.add_argument("--update-card", action="store_true",
                         help="also put the results table into the export's model card (WEIGHTS/README.md)")
@@ -136,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sections(report)
     _add_detection(report, prefix="detection-")
     for name in ("knn", "linear"):
-        _add_common(sub.add_parser(name, help=f"only the {name} stage"))
+        stage = sub.add_parser(name, help=f"only the {name} stage")
+        _add_common(stage)
+        _add_pretrain_shards(stage)
     ft = sub.add_parser("finetune", help="only the fine-tune stage")
     _add_common(ft)
+    _add_pretrain_shards(ft)
     _add_finetune(ft)
     deploy = sub.add_parser("deploy", help="cost/accuracy table of exports and their ONNX fp32/int8 files")
     _add_common(deploy)  # --weights takes EXPORT[,EXPORT...] here
@@ -153,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     from evaluation.select_labels import add_select_parser
 
     add_select_parser(sub)  # `select`: which images to label next (evaluation/select_labels.py)
+    from evaluation.curate import add_curate_parser
+
+    add_curate_parser(sub)  # `curate`: duplicates, outliers, label issues of a pool (evaluation/curate.py)
     return parser
 
 
@@ -198,7 +211,7 @@ def run(args: argparse.Namespace, command: str) -> None:
             finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
             projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
             severities=_severities(args.severities), robustness_max_val=args.robustness_max_val,
-            detection=_detection(args), **common)
+            detection=_detection(args), pretrain_shards=args.pretrain_shards, **common)
         print(f"wrote {args.out}/report.md, report.json, report.html")
         if args.update_card:
             from evaluation.card import update_card
@@ -214,7 +227,8 @@ def run(args: argparse.Namespace, command: str) -> None:
         print(f"wrote {args.out}/deploy.md, deploy.json, accuracy_vs_latency.png")
         return
     data = prepare_data(train=args.train, val=args.val, out=args.out, label_fractions=fractions, seeds=args.seeds,
-                        max_train=args.max_train, max_val=args.max_val, allow_pipe=args.allow_pipe)
+                        max_train=args.max_train, max_val=args.max_val, allow_pipe=args.allow_pipe,
+                        pretrain_shards=args.pretrain_shards)
     sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
     if args.command == "knn":
         run_knn(data, sources, out=args.out, batch_size=args.batch_size, **common)
@@ -240,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         from evaluation.select_labels import select_command
 
         return run_cli("selfsup-eval", lambda: select_command(args))
+    if args.command == "curate":
+        from evaluation.curate import curate_command
+
+        return run_cli("selfsup-eval", lambda: curate_command(args, command="selfsup-eval " + shlex.join(argv)))
     return run_cli("selfsup-eval", lambda: run(args, command="selfsup-eval " + shlex.join(argv)))
 
 

@@ -1,6 +1,7 @@
-"""Image fingerprints that need no model: the file's SHA-256 and a 64-bit perceptual hash of its pixels.
+"""Image fingerprints that need no model: the file's or the pixels' SHA-256 and a 64-bit perceptual hash.
 
-The SHA-256 of the encoded bytes finds byte-identical copies. The DCT perceptual hash (``imagehash.phash``:
+The SHA-256 of the encoded bytes finds byte-identical copies; the SHA-256 of the decoded pixels finds the same image
+wherever it is stored (the report's data check, where images may come from a dataset without files). The DCT perceptual hash (``imagehash.phash``:
 32x32 grey, 2D DCT, signs of the 8x8 lowest frequencies against their median; Zauner 2010) survives resizing,
 re-encoding and small crops, so a small Hamming distance between two hashes is the pixels' vote that two images are
 copies of each other.
@@ -17,6 +18,14 @@ from PIL import Image
 def file_sha256(blob: bytes) -> str:
     """Hex SHA-256 of an encoded image file."""
     return hashlib.sha256(blob).hexdigest()
+
+
+def pixel_sha256(img: Image.Image) -> str:
+    """Hex SHA-256 of the decoded pixels (mode, size and bytes): the same image in any lossless file format, from a
+    folder, a Hugging Face dataset or a shard, has one hash."""
+    h = hashlib.sha256(f"{img.mode}:{img.width}x{img.height}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
 
 
 def perceptual_hash(img: Image.Image) -> int:

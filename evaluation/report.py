@@ -36,16 +36,18 @@ def run_report(*, weights: str, train: str, val: str, out: str | Path, label_fra
                baseline_timm: str | None = None, finetune_steps: int = 100, finetune_lr: float = 5e-4,
                command: str = "", allow_pipe: bool = False, visual: bool = True, projection: str = "auto",
                robustness: bool = False, corruptions: list[str] | None = None, severities: list[int] | None = None,
-               robustness_max_val: int | None = None, detection: dict[str, Any] | None = None) -> dict[str, Any]:
+               robustness_max_val: int | None = None, detection: dict[str, Any] | None = None,
+               pretrain_shards: str | None = None) -> dict[str, Any]:
     """Run every stage for the export and its baselines and write the report into ``out``; returns report.json.
 
     ``visual`` adds maps, retrieval and the 2D embedding (``projection``); ``robustness`` the corruption section
     (:mod:`evaluation.visual_report`); ``detection`` (the detection settings, ``data=`` included: keyword arguments
     of :func:`evaluation.detection.transfer.run_detection`) the detection stage, on the same models, label
-    fractions and seeds."""
+    fractions and seeds. Every stage checks val against train (and ``pretrain_shards``) first
+    (:mod:`evaluation.data_check`)."""
     out = Path(out)
     data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
-                        max_train=max_train, max_val=max_val, allow_pipe=allow_pipe)
+                        max_train=max_train, max_val=max_val, allow_pipe=allow_pipe, pretrain_shards=pretrain_shards)
     from evaluation.deploy import DEPLOY_FILE, deploy_sources, split_weights, write_deploy
 
     several = len(split_weights(weights)) > 1  # several exports: compare them and their ONNX files, no random init
@@ -270,6 +272,7 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
         "deployment": deployment,
         "visual": _load(out, "visual"),
         "robustness": _load(out, "robustness"),
+        "data_check": _load(out, "data_check"),
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     md, body = render(report)
@@ -296,7 +299,10 @@ def render(report: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
              f"label fractions {report['settings']['label_fractions']}, seeds {report['settings']['seeds']}"]
     if report["command"]:
         what.append(f"command: `{report['command']}`")
-    blocks += [("h2", "What was run"), ("list", what), ("h2", "Results (val accuracy %, mean ± std over seeds)"),
+    from evaluation.data_check import check_blocks
+
+    blocks += [("h2", "What was run"), ("list", what)] + check_blocks(report.get("data_check"))
+    blocks += [("h2", "Results (val accuracy %, mean ± std over seeds)"),
                ("table", result_table(report["results"], report["settings"]["label_fractions"]))]
     if report["linear_hparams"]:
         rows = [[h["model"], f"{100 * h['label_fraction']:g}%", h["seed"], f"{h['lr']:g}", f"{h['wd']:g}",

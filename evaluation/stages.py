@@ -42,6 +42,8 @@ class EvalData:
     seeds: list[int]
     subsets: dict[str, dict[str, list[int]]]
     info: dict[str, Any]
+    pretrain_shards: str | None = None
+    check: dict[str, Any] | None = None  # the data check (evaluation/data_check.py), once per call
 
     @property
     def num_classes(self) -> int:
@@ -49,8 +51,10 @@ class EvalData:
 
 
 def prepare_data(*, train: str, val: str, out: str | Path, label_fractions: list[float], seeds: int,
-                 max_train: int | None = None, max_val: int | None = None, allow_pipe: bool = False) -> EvalData:
-    """Open train/val (val mapped to the train classes), and make or reuse ``OUT/label_subsets.json``."""
+                 max_train: int | None = None, max_val: int | None = None, allow_pipe: bool = False,
+                 pretrain_shards: str | None = None) -> EvalData:
+    """Open train/val (val mapped to the train classes), and make or reuse ``OUT/label_subsets.json``;
+    ``pretrain_shards`` are checked against val by every stage (:func:`data_check`)."""
     train_images = open_labelled(train, max_items=max_train, allow_pipe=allow_pipe)
     val_images = open_labelled(val, classes=train_images.classes, max_items=max_val, allow_pipe=allow_pipe)
     if len(train_images.classes) < 2:
@@ -62,7 +66,7 @@ def prepare_data(*, train: str, val: str, out: str | Path, label_fractions: list
             "num_classes": len(train_images.classes), "classes": train_images.classes, "max_train": max_train,
             "max_val": max_val, "train_identity": train_images.identity, "val_identity": val_images.identity,
             "label_subsets": SUBSETS_FILE}
-    return EvalData(train_images, val_images, list(label_fractions), seed_list, subsets, info)
+    return EvalData(train_images, val_images, list(label_fractions), seed_list, subsets, info, pretrain_shards)
 
 
 def _features(source: ModelSource, data: EvalData, *, out: Path, img_size: int | None, batch_size: int,
@@ -71,6 +75,24 @@ def _features(source: ModelSource, data: EvalData, *, out: Path, img_size: int |
     dev = resolve_device(device)
     kw = dict(cache_dir=out / "cache", batch_size=batch_size, num_workers=num_workers, device=dev)
     return model.info, cached_features(model, data.train, **kw), cached_features(model, data.val, **kw)
+
+
+def data_check(data: EvalData, sources: list[ModelSource], *, out: Path, img_size: int | None, batch_size: int,
+               num_workers: int, device: str) -> dict[str, Any]:
+    """Val against train (and the pretraining shards) on the first export's features: ``OUT/data_check.json``
+    (:mod:`evaluation.data_check`), run once per call and summarised in every stage JSON."""
+    if data.check is None:
+        from evaluation.data_check import run_data_check
+
+        source = next((s for s in sources if s.kind == "export"), sources[0])
+        _, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
+                              num_workers=num_workers, device=device)
+        data.check = run_data_check(data.train, data.val, tr.feats, va.feats, out=out, model=source.name,
+                                    weights=source.path, pretrain_shards=data.pretrain_shards, img_size=img_size,
+                                    batch_size=batch_size, num_workers=num_workers, device=device)
+    from evaluation.data_check import check_summary
+
+    return check_summary(data.check)
 
 
 def write_stage(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +119,8 @@ def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: 
     """DINO weighted kNN for every model, fraction and seed -> ``OUT/knn.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
+    check = data_check(data, sources, out=out, img_size=img_size, batch_size=batch_size, num_workers=num_workers,
+                       device=device)
     for source, f, s, idx, tr, va in _each_subset(data, sources, infos, out=out, img_size=img_size,
                                                   batch_size=batch_size, num_workers=num_workers, device=device):
         res = evaluate_knn(tr.feats[idx], tr.labels[idx], va.feats, va.labels, ks=ks, T=T,
@@ -104,7 +128,8 @@ def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: 
         for k, row in res.items():
             runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx), "k": k, **row})
     return write_stage(out, "knn", {"stage": "knn", "settings": {"ks": list(ks), "T": T}, "data": data.info,
-                                    "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+                                    "data_check": check, "models": infos, "runs": runs,
+                                    "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
@@ -112,6 +137,8 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
     """Linear probe (lr/wd chosen on held-out train labels) for every model, fraction and seed -> ``OUT/linear.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
+    check = data_check(data, sources, out=out, img_size=img_size, batch_size=batch_size, num_workers=num_workers,
+                       device=device)
     for source, f, s, idx, tr, va in _each_subset(data, sources, infos, out=out, img_size=img_size,
                                                   batch_size=batch_size, num_workers=num_workers, device=device):
         res = linear_probe(tr.feats[idx], tr.labels[idx], va.feats, va.labels, num_classes=data.num_classes,
@@ -119,7 +146,8 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
         runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
                      **res.to_dict()})
     return write_stage(out, "linear", {"stage": "linear", "settings": {"steps": steps}, "data": data.info,
-                                       "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+                                       "data_check": check, "models": infos, "runs": runs,
+                                    "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
@@ -129,6 +157,8 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
     out = Path(out)
     dev = resolve_device(device)
     runs, infos, t0 = [], [], time.perf_counter()
+    check = data_check(data, sources, out=out, img_size=img_size, batch_size=batch_size, num_workers=num_workers,
+                       device=device)
     for source in sources:
         for f in data.fractions:
             for s in data.seeds:
@@ -145,7 +175,8 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
                 "layer_decay": layer_decay, "schedule": "linear warm-up 10% + cosine", "augmentation":
                 "random resized crop (0.5-1) + horizontal flip"}
     return write_stage(out, "finetune", {"stage": "finetune", "settings": settings, "data": data.info,
-                                         "models": infos, "runs": runs, "seconds": round(time.perf_counter() - t0, 2)})
+                                         "data_check": check, "models": infos, "runs": runs,
+                                    "seconds": round(time.perf_counter() - t0, 2)})
 
 
 def summarise(values: list[float]) -> tuple[float, float]:

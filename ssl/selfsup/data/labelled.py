@@ -75,6 +75,10 @@ class LabelledImages:
         except BadSample as e:
             raise DataError(f"{self._describe(index)}: cannot decode image ({e.reason}); expected a valid image") from None
 
+    def describe(self, index: int) -> str:
+        """Where image ``index`` comes from: its file, ``SHARD#KEY`` or ``DATASET[i]`` (for messages and reports)."""
+        return self._describe(index)
+
     def subset(self, indices: Sequence[int], *, tag: str) -> LabelledImages:
         """The images at ``indices`` (in that order); ``tag`` names the selection in ``identity``."""
         idx = np.asarray(indices, dtype=np.int64)

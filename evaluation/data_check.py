@@ -1,0 +1,168 @@
+"""The report checks its own data: val images that are also in train, or in the pretraining images.
+
+A val image that is also a training image (the same picture, or a resized, re-encoded or cropped copy) is
+classified by a model that has seen its label: each one can turn a wrong answer into a right one, so the reported
+val accuracies are inflated by at most the share of val images affected. The check runs the duplicate test of
+:mod:`evaluation.duplicates` with val as the query set and train as the reference:
+
+- **identical**: the same SHA-256 of the decoded pixels (:func:`evaluation.fingerprints.pixel_sha256`), whatever
+  the files or datasets they come from;
+- **near**: the export's features and the perceptual hashes (the same rule and defaults as ``selfsup-eval curate``).
+
+With ``--pretrain-shards`` the same check runs between the val images and the pretraining images. That is
+information, not an error: pretraining on unlabelled val images is legitimate, but the user should know the features
+have seen them. The result is ``OUT/data_check.json`` (copied into ``report.json`` as ``data_check``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from evaluation.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
+from evaluation.fingerprints import perceptual_hash, pixel_sha256
+from selfsup.data.decode import decode_rgb
+from selfsup.data.labelled import LabelledImages
+
+CHECK_FILE = "data_check.json"
+PRINTS_VERSION = 1
+LISTED = 50  # pairs listed in report.md (all of them are in the JSON)
+
+
+Columns = tuple[list[str], list[str], list[int]]  # names, pixel SHA-256s, perceptual hashes
+
+
+def _cached_prints(path: Path, compute: Callable[[], Columns]) -> tuple[list[str], list[str], np.ndarray]:
+    """``(names, pixel hashes, perceptual hashes)`` read from ``path`` or computed and saved there."""
+    if path.exists():
+        doc = json.loads(path.read_text())
+    else:
+        names, shas, phash = compute()
+        doc = {"names": names, "sha256": shas, "phash": phash}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(path)
+    return doc["names"], doc["sha256"], np.asarray(doc["phash"], dtype=np.int64)
+
+
+def labelled_prints(images: LabelledImages, feats: torch.Tensor, *, cache_dir: Path) -> tuple[list[str], Prints]:
+    """Names and :class:`Prints` (pixel SHA-256, perceptual hash, ``feats``) of a labelled set, the hashes cached
+    under its identity (one decoding pass per data set)."""
+    def compute() -> Columns:
+        names, shas, phash = [], [], []
+        for i in range(len(images)):
+            img = images.image(i)
+            names.append(images.describe(i))
+            shas.append(pixel_sha256(img))
+            phash.append(perceptual_hash(img))
+        return names, shas, phash
+
+    key = hashlib.sha256(json.dumps([PRINTS_VERSION, images.identity]).encode()).hexdigest()[:24]
+    names, shas, phash = _cached_prints(Path(cache_dir) / f"prints-{key}.json", compute)
+    return names, Prints(feats, shas, phash)
+
+
+def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
+                      **pool_kw: Any) -> tuple[list[str], Prints, ImageLoader]:
+    """Names, :class:`Prints` and image loader of unlabelled images (shards or a folder): features and perceptual
+    hashes from :func:`evaluation.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass (cached)."""
+    from evaluation.curate import pool_images
+    from evaluation.embed import iter_images
+    from evaluation.pool import _pool_identity, load_pool, pool_sources
+
+    pool = load_pool(weights=weights, images=spec, cache_dir=cache_dir, **pool_kw)
+    files, urls = pool_sources(spec)
+
+    def compute() -> Columns:
+        sha = {key: pixel_sha256(decode_rgb(blob)) for key, blob in iter_images(files=files, urls=urls)}
+        return pool.keys, [sha[k] for k in pool.keys], pool.phash.tolist()
+
+    key = hashlib.sha256(json.dumps([PRINTS_VERSION, _pool_identity(files, urls)]).encode()).hexdigest()[:24]
+    names, shas, phash = _cached_prints(Path(cache_dir) / f"prints-{key}.json", compute)
+    return names, Prints(pool.feats, shas, phash), pool_images(pool)
+
+
+def labelled_loader(images: LabelledImages) -> ImageLoader:
+    """Load a labelled set's images by index (for the aligned-pixel test)."""
+    return lambda indices: [images.image(i) for i in indices]
+
+
+def overlap(val_names: list[str], val: Prints, ref_names: list[str], ref: Prints, *, rule: Rule,
+            val_images: ImageLoader, ref_images: ImageLoader) -> dict[str, Any]:
+    """How many val images have a copy in the reference set, and the pairs (val image, reference image)."""
+    pairs: list[Pair] = find_duplicates(val, ref, rule=rule, images=val_images, ref_images=ref_images)
+    affected = {p.a for p in pairs}
+    identical = {p.a for p in pairs if p.kind == "identical"}
+    return {"num_val": len(val), "num_reference": len(ref), "affected": len(affected),
+            "share": len(affected) / max(len(val), 1), "identical": len(identical),
+            "near": len(affected - identical),
+            "pairs": [{"val": val_names[p.a], "reference": ref_names[p.b], "kind": p.kind,
+                       "similarity": round(p.similarity, 4), "hash_distance": p.hash_distance} for p in pairs]}
+
+
+def run_data_check(train: LabelledImages, val: LabelledImages, train_feats: torch.Tensor, val_feats: torch.Tensor,
+                   *, out: Path, model: str, weights: str | None = None, pretrain_shards: str | None = None,
+                   rule: Rule = Rule(), **pool_kw: Any) -> dict[str, Any]:
+    """Check val against train (and against ``pretrain_shards`` with the export ``weights``); write and return
+    ``OUT/data_check.json``. ``pool_kw``: batch_size, num_workers, device, img_size for the shards' features."""
+    cache = Path(out) / "cache"
+    val_names, val_prints = labelled_prints(val, val_feats, cache_dir=cache)
+    train_names, train_prints = labelled_prints(train, train_feats, cache_dir=cache)
+    val_images = labelled_loader(val)
+    check: dict[str, Any] = {"rule": rule.describe(), "model": model, "val_in_pretraining": None,
+                             "val_in_train": overlap(val_names, val_prints, train_names, train_prints, rule=rule,
+                                                     val_images=val_images, ref_images=labelled_loader(train))}
+    if pretrain_shards:
+        names, prints, loader = unlabelled_prints(pretrain_shards, weights=weights, cache_dir=cache, **pool_kw)
+        check["val_in_pretraining"] = {"shards": pretrain_shards, **overlap(
+            val_names, val_prints, names, prints, rule=rule, val_images=val_images, ref_images=loader)}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / CHECK_FILE).write_text(json.dumps(check, indent=1))
+    return check
+
+
+def check_summary(check: dict[str, Any]) -> dict[str, Any]:
+    """The counts of a check, without the pairs (what each stage JSON carries)."""
+    def counts(part: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if part is None else {k: v for k, v in part.items() if k != "pairs"}
+
+    return {"file": CHECK_FILE, "val_in_train": counts(check["val_in_train"]),
+            "val_in_pretraining": counts(check["val_in_pretraining"])}
+
+
+def check_blocks(check: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Report blocks of the data check (``h2``, ``text``, ``list``)."""
+    if check is None:
+        return []
+    t = check["val_in_train"]
+    blocks: list[tuple[str, Any]] = [("h2", "Data check: val images in train")]
+    how = (f"Checked by the SHA-256 of the decoded pixels (identical) and by the `{check['model']}` features "
+           f"(near-duplicates: {check['rule']}).")
+    if t["affected"]:
+        blocks.append(("text", f"**{t['affected']} of {t['num_val']} val images ({100 * t['share']:.1f}%) are also in "
+                               f"train** ({t['identical']} identical, {t['near']} near-duplicates): every val accuracy "
+                               f"in this report may be inflated by up to {100 * t['share']:.1f} points. Remove them "
+                               f"from train or val for a clean number. {how}"))
+        blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']}, cosine {p['similarity']:.3f}, "
+                                f"hash distance {p['hash_distance']})" for p in t["pairs"][:LISTED]]
+                       + ([f"... {len(t['pairs']) - LISTED} more pairs in {CHECK_FILE}"]
+                          if len(t["pairs"]) > LISTED else [])))
+    else:
+        blocks.append(("text", f"No val image is in train ({t['num_val']} val against {t['num_reference']} train "
+                               f"images). {how}"))
+    pre = check["val_in_pretraining"]
+    if pre is not None:
+        blocks.append(("h2", "Data check: val images in the pretraining images (information)"))
+        blocks.append(("text", f"{pre['affected']} of {pre['num_val']} val images ({100 * pre['share']:.1f}%) are "
+                               f"also among the {pre['num_reference']} pretraining images of `{pre['shards']}` "
+                               f"({pre['identical']} identical, {pre['near']} near-duplicates). Pretraining without "
+                               "labels on val images is legitimate, but the features have seen them."))
+        if pre["pairs"]:
+            blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']})" for p in pre["pairs"][:LISTED]]))
+    return blocks
