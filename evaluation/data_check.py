@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from evaluation.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
 from evaluation.fingerprints import perceptual_hash, pixel_sha256
@@ -166,3 +167,22 @@ def check_blocks(check: dict[str, Any] | None) -> list[tuple[str, Any]]:
         if pre["pairs"]:
             blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']})" for p in pre["pairs"][:LISTED]]))
     return blocks
+
+
+def identical_check(val: list[tuple[str, Image.Image | Callable[[], Image.Image]]],
+                    train: list[tuple[str, Image.Image | Callable[[], Image.Image]]]) -> dict[str, Any]:
+    """Val images whose decoded pixels (SHA-256) equal a training image's: the check of a data set without a
+    labelled-folder layout (detection boxes), where no features are computed. Items are ``(name, image or loader)``.
+    Near-duplicates are not looked for (``near`` is None)."""
+    def sha(item: Image.Image | Callable[[], Image.Image]) -> str:
+        return pixel_sha256(item() if callable(item) else item)
+
+    first: dict[str, str] = {}
+    for name, item in train:
+        first.setdefault(sha(item), name)
+    pairs = [{"val": name, "reference": first[h], "kind": "identical", "similarity": 1.0, "hash_distance": 0}
+             for name, item in val if (h := sha(item)) in first]
+    return {"rule": "identical decoded pixels (SHA-256); near-duplicates are not checked here",
+            "val_in_train": {"num_val": len(val), "num_reference": len(train), "affected": len(pairs),
+                             "share": len(pairs) / max(len(val), 1), "identical": len(pairs), "near": None,
+                             "pairs": pairs}}

@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
+from PIL import Image
 
 from evaluation.cli import main as eval_main
 from evaluation.report import SCHEMA_PATH, build_report
@@ -79,3 +81,17 @@ def test_pretrain_shards_holding_val_images_are_reported_as_information(split, t
     assert names == ["class1/0.png", "class1/1.png"]
     assert "2 of 6 val images (33.3%) are also among the 17 pretraining images" in md
     assert "legitimate" in md and "No val image is in train" in md
+
+
+def test_detection_data_check_counts_val_images_identical_to_training_images(tmp_path):
+    from evaluation.data_check import identical_check
+
+    rng = np.random.default_rng(0)
+    imgs = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    check = identical_check([("v0", imgs[0]), ("v1", lambda: imgs[3])], [("t0", imgs[0]), ("t1", imgs[1]),
+                                                                          ("t2", imgs[2])])
+    leaked = check["val_in_train"]
+    assert leaked["affected"] == 1 and leaked["share"] == 0.5 and leaked["near"] is None
+    assert leaked["pairs"] == [{"val": "v0", "reference": "t0", "kind": "identical", "similarity": 1.0,
+                                "hash_distance": 0}]
+    assert identical_check([("v", imgs[3])], [("t", imgs[0])])["val_in_train"]["affected"] == 0

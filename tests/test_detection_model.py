@@ -188,6 +188,8 @@ def test_cli_writes_detection_json_and_plot(tmp_path: Path, capsys: pytest.Captu
             assert r[m]["std"] == pytest.approx(np.std(r[m]["values"], ddof=1))
     assert {r["seed"] for r in doc["runs"]} == {0, 1}  # `--seeds 2` is a count, as in `selfsup-eval report`
     assert doc["config"]["steps"] == 2 and "command" in doc
+    leaked = doc["data_check"]["val_in_train"]  # the synthetic images differ: no val image is a training image
+    assert leaked["affected"] == 0 and leaked["num_val"] > 0 and leaked["num_reference"] == 4
     assert (out / "detection_map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Bad input: one line, exit code 2.
     assert eval_main(argv[:3] + ["--data", str(tmp_path / "nope"), "--out", str(out)]) == 2

@@ -12,6 +12,7 @@ format and the flags are in ``docs/detection.md``.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from evaluation.detection import METRICS, PLOT_FILE
 from evaluation.detection.backbone import PYRAMID_STRIDES, load_detection_body
-from evaluation.detection.data import load_detection_dataset
+from evaluation.data_check import identical_check
+from evaluation.detection.data import load_detection_dataset, read_image
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.model import build_detector
@@ -47,6 +49,13 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
     dataset = load_detection_dataset(data, images=images, val_data=val_data)
     print(f"[detect] {dataset.name}: {len(dataset.train)} train / {len(dataset.val)} {dataset.val_split} images, "
           f"classes {list(dataset.classes)}; models {[s.name for s in sources]}; device {dev}", flush=True)
+    check = identical_check([(str(s.path), partial(read_image, s.path)) for s in dataset.val],
+                            [(str(s.path), partial(read_image, s.path)) for s in dataset.train])
+    leaked = check["val_in_train"]
+    if leaked["affected"]:
+        print(f"[detect] data check: {leaked['affected']} of {leaked['num_val']} {dataset.val_split} images are also "
+              f"training images (identical pixels): the mAP may be inflated by them (detection.json: data_check)",
+              flush=True)
     val_loader = DataLoader(DetectionImages(dataset.val, img_size=img_size, train=False), batch_size=batch_size,
                             shuffle=False, collate_fn=collate)
     by_id = {s.image_id: s for s in dataset.train}
@@ -86,7 +95,7 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
     doc = write_stage(out, "detection", {
         "stage": "detection", "dataset": dataset.name, "classes": list(dataset.classes),
         "val_split": dataset.val_split, "skipped": dataset.skipped, "config": config, "models": list(infos.values()),
-        "command": command, "runs": runs, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)})
+        "data_check": check, "command": command, "runs": runs, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)})
     panel = [{"model": r["model"], "label_fraction": r["label_fraction"], **r["mAP"]} for r in rows]
     plot_accuracy_vs_fraction([(f"Faster R-CNN on {dataset.name}", panel)], out / PLOT_FILE,
                               ylabel="box mAP@[.5:.95] (%)")
