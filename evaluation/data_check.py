@@ -115,6 +115,7 @@ def run_data_check(train: LabelledImages, val: LabelledImages, train_feats: torc
     cache = Path(out) / "cache"
     val_names, val_prints = labelled_prints(val, val_feats, cache_dir=cache)
     train_names, train_prints = labelled_prints(train, train_feats, cache_dir=cache)
+    rule = rule.calibrated_to(train_prints.phash)  # look-alike data sets: pixels alone do not make a copy
     val_images = labelled_loader(val)
     check: dict[str, Any] = {"rule": rule.describe(), "model": model, "val_in_pretraining": None,
                              "val_in_train": overlap(val_names, val_prints, train_names, train_prints, rule=rule,

@@ -95,3 +95,17 @@ def test_detection_data_check_counts_val_images_identical_to_training_images(tmp
     assert leaked["pairs"] == [{"val": "v0", "reference": "t0", "kind": "identical", "similarity": 1.0,
                                 "hash_distance": 0}]
     assert identical_check([("v", imgs[3])], [("t", imgs[0])])["val_in_train"]["affected"] == 0
+
+
+def test_rule_tightens_on_look_alike_images_and_keeps_its_limits_on_varied_ones():
+    from evaluation.duplicates import Rule
+
+    rng = np.random.default_rng(0)
+    varied = rng.integers(-2**62, 2**62, 400)  # random 64-bit hashes: nearest other image ~20 bits away
+    assert Rule().calibrated_to(varied) == Rule()
+    base = int(rng.integers(-2**62, 2**62))
+    bits = rng.integers(0, 62, (400, 3))  # look-alikes: every image 1-3 bits from one pattern
+    alike = np.array([base ^ int(sum(1 << int(b) for b in set(row))) for row in bits], dtype=np.int64)
+    tight = Rule().calibrated_to(alike)
+    assert tight.max_hash_distance < 2 and tight.pixel_correlation > 1  # aligned-pixel test off
+    assert "the aligned-pixel test is off" in tight.describe()
