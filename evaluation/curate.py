@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,8 @@ import numpy as np
 
 from evaluation.cleaning import find_label_issues, outlier_scores
 from evaluation.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
-from evaluation.embed import image_files, iter_images
-from evaluation.pool import Pool, load_pool, pool_sources
+from evaluation.embed import iter_images
+from evaluation.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
 from selfsup.data.decode import decode_rgb
 from evaluation.retrieval import nearest_neighbours
 from selfsup.errors import ConfigError, DataError
@@ -43,36 +42,6 @@ PLOTS = {"duplicates": "duplicates.png", "outliers": "outliers.png", "label_issu
 CACHE_DIR = "cache"
 OWN_FILES = frozenset({DUPLICATES_FILE, OUTLIERS_FILE, LABEL_ISSUES_FILE, REPORT_FILE, CACHE_DIR, *PLOTS.values()})
 SHOWN = {"duplicates": 8, "outliers": 16, "label_issues": 8, "neighbours": 5}
-
-
-def check_out(out: Path, *, inputs: dict[str, str | None]) -> None:
-    """Refuse an ``--out`` that holds files curate did not write, or that lies inside an input folder."""
-    for flag, path in inputs.items():
-        if path and Path(path).is_dir() and Path(out).resolve().is_relative_to(Path(path).resolve()):
-            raise ConfigError(f"--out {out} is inside {flag} {path}; expected a folder outside it (curate's files "
-                              "would become part of it)")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; expected a new or empty folder")
-    foreign = sorted(n for n in os.listdir(out) if n not in OWN_FILES) if out.is_dir() else []
-    if foreign:
-        raise ConfigError(f"--out {out} holds {foreign[0]!r}, which curate did not write; expected a new or empty "
-                          "folder, or curate's previous output")
-
-
-def labelled_classes(root: str) -> tuple[list[str], dict[str, int]]:
-    """Classes of a labelled folder ``ROOT/<class>/<image>`` (sorted sub-folder names) and each image's class
-    index by its path relative to ``ROOT``; at least two classes, no image outside a class folder."""
-    files = image_files(root)
-    loose = [key for key, _ in files if len(Path(key).parts) < 2]
-    if loose:
-        raise DataError(f"--labels {Path(root) / loose[0]}: an image outside any class folder; expected "
-                        "DIR/<class>/<image>")
-    classes = sorted({Path(key).parts[0] for key, _ in files})
-    if len(classes) < 2:
-        raise DataError(f"--labels {root}: {len(classes)} class ({classes[0]}); expected at least 2 class folders "
-                        "(DIR/<class>/<image>)")
-    index = {c: i for i, c in enumerate(classes)}
-    return classes, {key: index[Path(key).parts[0]] for key, _ in files}
 
 
 def pool_prints(pool: Pool) -> Prints:
@@ -183,8 +152,8 @@ def run_curate(*, weights: str, images: str, out: str | Path, labels: str | None
         raise ConfigError(f"--dup-threshold {dup_threshold}; expected a cosine similarity in [-1, 1]")
     if not 0 <= max_hash_distance <= 64:
         raise ConfigError(f"--max-hash-distance {max_hash_distance}; expected 0 to 64 bits")
-    check_out(out, inputs={"--images": images, "--labels": labels})
-    classes, label_of = labelled_classes(labels) if labels else ([], {})
+    check_out_folder(out, command="curate", own=OWN_FILES, inputs={"--images": images, "--labels": labels})
+    classes, label_of = labelled_classes(labels, flag="--labels") if labels else ([], {})
     kw = dict(weights=weights, cache_dir=Path(cache) if cache else out / CACHE_DIR, batch_size=batch_size,
               num_workers=num_workers, device=device, img_size=img_size)
     pool = load_pool(images=images, **kw)  # every input error is raised before this writes its cache

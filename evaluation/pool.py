@@ -33,7 +33,7 @@ from evaluation.features import eval_transform
 from evaluation.models import ModelSource, load_model
 from selfsup.data.decode import decode_rgb
 from selfsup.data.shard_list import expand_shards
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 
 POOL_VERSION = 1
 
@@ -115,3 +115,35 @@ def load_pool(*, weights: str, images: str, cache_dir: str | Path, batch_size: i
                                           "weights_id": loaded.info["weights_id"]})
     tmp.replace(path)
     return Pool(images, keys, feats, shas, phash.numpy(), loaded.info, file_map)
+
+
+def check_out_folder(out: Path, *, command: str, own: frozenset[str], inputs: dict[str, str | None]) -> None:
+    """Refuse an ``--out`` that holds files ``command`` did not write (names outside ``own``), that is a file, or
+    that lies inside one of the ``inputs`` folders (``{flag: path}``): these commands only write into ``--out``."""
+    for flag, path in inputs.items():
+        if path and Path(path).is_dir() and Path(out).resolve().is_relative_to(Path(path).resolve()):
+            raise ConfigError(f"--out {out} is inside {flag} {path}; expected a folder outside it ({command}'s files "
+                              "would become part of it)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a new or empty folder")
+    foreign = sorted(n for n in os.listdir(out) if n not in own) if out.is_dir() else []
+    if foreign:
+        raise ConfigError(f"--out {out} holds {foreign[0]!r}, which {command} did not write; expected a new or empty "
+                          f"folder, or {command}'s previous output")
+
+
+def labelled_classes(root: str, *, flag: str) -> tuple[list[str], dict[str, int]]:
+    """Classes of a labelled folder ``ROOT/<class>/<image>`` (sorted sub-folder names) and each image's class
+    index by its path relative to ``ROOT``; at least two classes, no image outside a class folder (``flag`` names
+    the option in the error)."""
+    files = image_files(root)
+    loose = [key for key, _ in files if len(Path(key).parts) < 2]
+    if loose:
+        raise DataError(f"{flag} {Path(root) / loose[0]}: an image outside any class folder; expected "
+                        "DIR/<class>/<image>")
+    classes = sorted({Path(key).parts[0] for key, _ in files})
+    if len(classes) < 2:
+        raise DataError(f"{flag} {root}: {len(classes)} class ({classes[0]}); expected at least 2 class folders "
+                        "(DIR/<class>/<image>)")
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, {key: index[Path(key).parts[0]] for key, _ in files}

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.pool import Pool, load_pool, pool_sources
+from evaluation.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
 from evaluation.selection import DEFAULT_STRATEGY, STRATEGIES, Selection, select
 from selfsup.errors import CheckpointError, ConfigError, DataError
 
@@ -33,32 +33,11 @@ OUTPUTS = ("selection.txt", "selection.json", "selection.png")
 CACHE = "cache"
 
 
-def check_out_folder(out: Path, own: tuple[str, ...]) -> None:
-    """``out`` must be new, empty, or hold only files named in ``own`` (and ``cache/``): a command never overwrites
-    what it did not write."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; expected a new or empty folder")
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in own and p.name != CACHE) if out.is_dir() else []
-    if foreign:
-        raise ConfigError(f"--out {out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''} that "
-                          f"this command did not write; expected a new or empty folder (or a previous output)")
-
-
 def _labelled_pool(labelled: str, *, weights: str, cache_dir: Path, **kw: Any) -> tuple[Pool, np.ndarray, list[str]]:
     """The labelled folder embedded like the pool: ``(its pool, (m,) class indices, class names)``."""
-    root = Path(labelled)
-    if not root.is_dir():
-        raise DataError(f"--labelled {labelled}: not a folder; expected class sub-folders of labelled images")
+    classes, label_of = labelled_classes(labelled, flag="--labelled")
     lab = load_pool(weights=weights, images=labelled, cache_dir=cache_dir, **kw)
-    names = [k.replace("\\", "/").split("/")[0] if "/" in k.replace("\\", "/") else "" for k in lab.keys]
-    if "" in names:
-        raise DataError(f"--labelled {labelled}: {lab.keys[names.index('')]} is not in a class sub-folder; expected "
-                        "LABELLED/<class>/<image>")
-    classes = sorted(set(names))
-    if len(classes) < 2:
-        raise DataError(f"--labelled {labelled}: {len(classes)} class ({classes[0]}); expected at least 2 class "
-                        "sub-folders")
-    return lab, np.array([classes.index(c) for c in names]), classes
+    return lab, np.array([label_of[k] for k in lab.keys]), classes
 
 
 def run_select(*, weights: str, images: str, budget: int, out: str | Path, strategy: str = DEFAULT_STRATEGY,
@@ -71,7 +50,8 @@ def run_select(*, weights: str, images: str, budget: int, out: str | Path, strat
     if budget < 1:
         raise ConfigError(f"--budget {budget}; expected a positive number of images")
     out = Path(out)
-    check_out_folder(out, OUTPUTS)
+    check_out_folder(out, command="select", own=frozenset({*OUTPUTS, CACHE}),
+                     inputs={"--images": images, "--labelled": labelled})
     files, _ = pool_sources(images)
     if files is not None and budget > len(files):
         raise ConfigError(f"--budget {budget}: the pool {images} has {len(files)} images; expected at most "
