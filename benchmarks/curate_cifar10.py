@@ -105,8 +105,8 @@ def duplicate_scores(found: set[tuple[str, str]], planted: list[dict]) -> dict:
 def sweep(pool, planted: list[dict]) -> list[dict]:
     """Recall and precision of the duplicate test at other thresholds (cosine, hash distance, aligned pixel
     correlation; 2.0 switches the aligned-pixel route off, a hash distance of 64 the hash's veto)."""
-    from evaluation.curate import pool_images, pool_prints
-    from evaluation.duplicates import Rule, find_duplicates
+    from evaluation.stages.curate import pool_images, pool_prints
+    from evaluation.probes.duplicates import Rule, find_duplicates
 
     rows = []
     for t, h, c in [(0.99, 64, 2.0), (0.995, 64, 2.0), (0.9, 10, 2.0), (0.95, 10, 2.0), (0.8, 10, 0.95),
@@ -126,8 +126,8 @@ def label_rankings(lab, flipped: set[str], classes: list[str]) -> dict:
     their mean."""
     import torch
 
-    from evaluation.cleaning import out_of_fold_probs
-    from evaluation.retrieval import nearest_neighbours
+    from evaluation.probes.cleaning import out_of_fold_probs
+    from evaluation.probes.retrieval import nearest_neighbours
 
     y = np.asarray([classes.index(k.split("/")[0]) for k in lab.keys])
     lr, _ = out_of_fold_probs(lab.feats, y, num_classes=len(classes))
@@ -147,8 +147,8 @@ def label_rankings(lab, flipped: set[str], classes: list[str]) -> dict:
 def pixel_stats(data: Path, *, per_class: int, seed: int) -> dict:
     """What the pixels say, no model: perceptual-hash distance and aligned correlation of edited copies, against the
     closest *other* image of the same originals (by hash, and by plain pixel correlation)."""
-    from evaluation.duplicates import aligned_correlation, pixel_views
-    from evaluation.fingerprints import hash_distance, perceptual_hash
+    from evaluation.probes.duplicates import aligned_correlation, pixel_views
+    from evaluation.loading.fingerprints import hash_distance, perceptual_hash
 
     rng = np.random.default_rng(seed)
     imgs = []
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({dups['true']} of {dups['reported']}) | {len(issues)} ({result['label_issues']['flipped_flagged']} of "
           f"{len(flipped)}) | " + " / ".join(f"{100 * v:.0f}%" for v in topk.values()) + " |")
     if args.sweep:
-        from evaluation.pool import load_pool
+        from evaluation.loading.pool import load_pool
 
         pool = load_pool(weights=args.weights, images=str(work / "pool"), cache_dir=out / "cache",
                          device=args.device)

@@ -32,9 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "ssl"), str(ROOT)]
 
-from evaluation.models import ModelSource, load_model  # noqa: E402
-from evaluation.pool import load_pool  # noqa: E402
-from evaluation.selection import select  # noqa: E402
+from evaluation.loading.backbones import ModelSource, load_model  # noqa: E402
+from evaluation.loading.pool import load_pool  # noqa: E402
+from evaluation.probes.selection import select  # noqa: E402
 
 BUDGETS = (10, 30, 100, 500)
 STRATEGIES = ("typiclust", "probcover", "kcenter")

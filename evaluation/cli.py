@@ -16,14 +16,13 @@ User errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
-from pathlib import Path
 
 import torch
 
-from evaluation.fractions import parse_fractions
+from evaluation.loading.fractions import parse_fractions
+from evaluation.settings import DEFAULTS, DETECTION_FRACTIONS, DETECTION_SEEDS, EvalSettings
 from selfsup.errors import ConfigError, run_cli
 
 
@@ -44,13 +43,18 @@ def _multiple_of_64(text: str) -> int:
     return value
 
 
-def _add_shared(p: argparse.ArgumentParser, *, fractions: str = "0.01,0.1,1.0", seeds: int = 3) -> None:
+def _fractions_text(fractions: tuple[float, ...]) -> str:
+    return ",".join(f"{f:g}" for f in fractions)
+
+
+def _add_shared(p: argparse.ArgumentParser, *, fractions: tuple[float, ...] = DEFAULTS.label_fractions,
+                seeds: int = DEFAULTS.seeds) -> None:
     """The flags every stage, detection included, reads the same way."""
     p.add_argument("--weights", required=True, help="exported folder (config.json + model.safetensors)")
     p.add_argument("--out", required=True, help="report folder (features are cached in OUT/cache)")
-    p.add_argument("--label-fractions", default=fractions, help="comma-separated fractions in (0, 1]")
+    p.add_argument("--label-fractions", default=_fractions_text(fractions), help="comma-separated fractions in (0, 1]")
     p.add_argument("--seeds", type=_positive, default=seeds, help="number of seeds (label subsets) per fraction")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS.device)
     p.add_argument("--threads", type=_positive, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--baseline-timm", default=None, help="also evaluate this local timm folder (local-dir:PATH)")
@@ -62,8 +66,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", required=True, help="labelled val images, same kinds as --train")
     p.add_argument("--max-train", type=_positive, default=None, help="use a seeded random subset of the train set")
     p.add_argument("--max-val", type=_positive, default=None, help="use a seeded random subset of the val set")
-    p.add_argument("--batch-size", type=_positive, default=128)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive, default=DEFAULTS.batch_size)
+    p.add_argument("--num-workers", type=int, default=DEFAULTS.num_workers)
     p.add_argument("--img-size", type=_positive, default=None, help="override the export's input size")
     p.add_argument("--allow-pipe", action="store_true",
                    help="accept pipe:CMD lines in shard lists (they run CMD in a shell; refused by default)")
@@ -75,8 +79,8 @@ def _add_pretrain_shards(p: argparse.ArgumentParser) -> None:
 
 
 def _add_finetune(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--finetune-steps", type=_positive, default=100)
-    p.add_argument("--finetune-lr", type=float, default=5e-4)
+    p.add_argument("--finetune-steps", type=_positive, default=DEFAULTS.finetune_steps)
+    p.add_argument("--finetune-lr", type=float, default=DEFAULTS.finetune_lr)
 
 
 def _add_detection(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
@@ -106,7 +110,7 @@ def _detection(args: argparse.Namespace) -> dict | None:
 
 
 def _add_sections(p: argparse.ArgumentParser) -> None:
-    """Flags of the optional report sections (evaluation/visual_report.py)."""
+    """Flags of the optional report sections (evaluation/report/sections.py)."""
     p.add_argument("--no-visual", dest="visual", action="store_false",
                    help="skip attention / PCA maps, retrieval and the 2D embedding (on by default)")
     p.add_argument("--projection", default="auto", help="2D embedding: auto (umap, else tsne, else pca) | umap | "
@@ -154,89 +158,73 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(deploy)  # --weights takes EXPORT[,EXPORT...] here
     deploy.add_argument("--repeats", type=_positive, default=10, help="timed runs per latency/throughput median")
     detect = sub.add_parser("detect", help="only the detection stage: Faster R-CNN transfer with limited labels")
-    _add_shared(detect, fractions="0.25,1.0", seeds=1)
+    _add_shared(detect, fractions=DETECTION_FRACTIONS, seeds=DETECTION_SEEDS)
     _add_detection(detect)
     detect.add_argument("--no-random-init", action="store_true", help="skip the random-init baseline")
-    from evaluation.embed import add_embed_parser
+    from evaluation.stages.embed import add_embed_parser
 
-    add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/embed.py)
-    from evaluation.select_labels import add_select_parser
+    add_embed_parser(sub)  # `embed`: embeddings of a folder or shards (evaluation/stages/embed.py)
+    from evaluation.stages.select import add_select_parser
 
-    add_select_parser(sub)  # `select`: which images to label next (evaluation/select_labels.py)
-    from evaluation.curate import add_curate_parser
+    add_select_parser(sub)  # `select`: which images to label next (evaluation/stages/select.py)
+    from evaluation.stages.curate import add_curate_parser
 
-    add_curate_parser(sub)  # `curate`: duplicates, outliers, label issues of a pool (evaluation/curate.py)
+    add_curate_parser(sub)  # `curate`: duplicates, outliers, label issues of a pool (evaluation/stages/curate.py)
     return parser
 
 
-def _detect(args: argparse.Namespace, fractions: list[float], command: str) -> None:
-    """The detection stage alone; when OUT already holds a report, re-render it with the Detection section."""
-    from evaluation.detection.transfer import run_detection
-    from evaluation.models import model_sources
-    from evaluation.report import build_report
-
-    sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
-    run_detection([s for s in sources if not (args.no_random_init and s.kind == "random_init")], out=args.out,
-                  fractions=fractions, seeds=list(range(args.seeds)), device=args.device, command=command,
-                  **_detection(args))
-    out = Path(args.out)
-    if (out / "report.json").is_file():
-        build_report(out, command=json.loads((out / "report.json").read_text()).get("command", ""))
-        print(f"added the Detection section to {out}/report.md")
+def settings_from(args: argparse.Namespace, fractions: list[float]) -> EvalSettings:
+    """The parsed flags as :class:`EvalSettings` (flags a command lacks keep their defaults)."""
+    given = {"label_fractions": tuple(fractions), "seeds": args.seeds, "device": args.device}
+    for name in ("max_train", "max_val", "img_size", "batch_size", "num_workers", "allow_pipe", "finetune_steps",
+                 "finetune_lr"):
+        if getattr(args, name, None) is not None:
+            given[name] = getattr(args, name)
+    return EvalSettings(**given)
 
 
 def run(args: argparse.Namespace, command: str) -> None:
     """Dispatch one parsed command (typed keyword arguments from here on)."""
-    from evaluation.models import model_sources
-    from evaluation.report import run_report
-    from evaluation.stages import prepare_data, run_finetune, run_knn, run_linear
+    from evaluation.loading.backbones import model_sources
+    from evaluation.pipeline import open_data, run_classification, run_deploy, run_detect, run_report
 
     fractions = parse_fractions(args.label_fractions)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda but no CUDA device is visible; expected --device cpu or auto")
+    settings = settings_from(args, fractions)
     if args.command == "detect":
-        return _detect(args, fractions, command)
-    common = dict(img_size=args.img_size, num_workers=args.num_workers, device=args.device)
+        sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
+        run_detect([s for s in sources if not (args.no_random_init and s.kind == "random_init")], out=args.out,
+                   fractions=fractions, seeds=list(range(args.seeds)), device=args.device, command=command,
+                   **_detection(args))
+        return
     if args.command == "report":
         if args.update_card:
-            from evaluation.card import card_path
+            from evaluation.report.card import card_path
 
             card_path(args.weights)  # before any work: the card must be there
         report = run_report(
-            weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
-            seeds=args.seeds, finetune=args.finetune, max_train=args.max_train, max_val=args.max_val,
-            batch_size=args.batch_size, baseline_timm=args.baseline_timm, finetune_steps=args.finetune_steps,
-            finetune_lr=args.finetune_lr, command=command, allow_pipe=args.allow_pipe, visual=args.visual,
-            projection=args.projection, robustness=args.robustness, corruptions=_names(args.corruptions),
-            severities=_severities(args.severities), robustness_max_val=args.robustness_max_val,
-            detection=_detection(args), pretrain_shards=args.pretrain_shards, **common)
+            settings, weights=args.weights, train=args.train, val=args.val, out=args.out, finetune=args.finetune,
+            baseline_timm=args.baseline_timm, command=command, visual=args.visual, projection=args.projection,
+            robustness=args.robustness, corruptions=_names(args.corruptions), severities=_severities(args.severities),
+            robustness_max_val=args.robustness_max_val, detection=_detection(args),
+            pretrain_shards=args.pretrain_shards)
         print(f"wrote {args.out}/report.md, report.json, report.html")
         if args.update_card:
-            from evaluation.card import update_card
+            from evaluation.report.card import update_card
 
             print(f"added the results table to {update_card(args.weights, report)}")
         return
     if args.command == "deploy":
-        from evaluation.deploy import run_deploy
-
-        run_deploy(weights=args.weights, train=args.train, val=args.val, out=args.out, label_fractions=fractions,
-                   seeds=args.seeds, max_train=args.max_train, max_val=args.max_val, batch_size=args.batch_size,
-                   threads=args.threads, repeats=args.repeats, command=command, **common)
+        run_deploy(settings, weights=args.weights, train=args.train, val=args.val, out=args.out,
+                   threads=args.threads, repeats=args.repeats, command=command)
         print(f"wrote {args.out}/deploy.md, deploy.json, accuracy_vs_latency.png")
         return
-    data = prepare_data(train=args.train, val=args.val, out=args.out, label_fractions=fractions, seeds=args.seeds,
-                        max_train=args.max_train, max_val=args.max_val, allow_pipe=args.allow_pipe,
-                        pretrain_shards=args.pretrain_shards)
+    data = open_data(settings, train=args.train, val=args.val, out=args.out, pretrain_shards=args.pretrain_shards)
     sources = model_sources(weights=args.weights, baseline_timm=args.baseline_timm)
-    if args.command == "knn":
-        run_knn(data, sources, out=args.out, batch_size=args.batch_size, **common)
-    elif args.command == "linear":
-        run_linear(data, sources, out=args.out, batch_size=args.batch_size, **common)
-    else:
-        run_finetune(data, sources, out=args.out, batch_size=min(args.batch_size, 64), steps=args.finetune_steps,
-                     lr=args.finetune_lr, **common)
+    run_classification(data, sources, settings, out=args.out, stages=(args.command,))
     print(f"wrote {args.out}/{args.command}.json")
 
 
@@ -247,15 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     # Same seeds -> same numbers: refuse nondeterministic kernels where torch knows of them (warn, not fail).
     torch.use_deterministic_algorithms(True, warn_only=True)
     if args.command == "embed":
-        from evaluation.embed import embed_command
+        from evaluation.stages.embed import embed_command
 
         return run_cli("selfsup-eval", lambda: embed_command(args))
     if args.command == "select":
-        from evaluation.select_labels import select_command
+        from evaluation.stages.select import select_command
 
         return run_cli("selfsup-eval", lambda: select_command(args))
     if args.command == "curate":
-        from evaluation.curate import curate_command
+        from evaluation.stages.curate import curate_command
 
         return run_cli("selfsup-eval", lambda: curate_command(args, command="selfsup-eval " + shlex.join(argv)))
     return run_cli("selfsup-eval", lambda: run(args, command="selfsup-eval " + shlex.join(argv)))

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from evaluation.cli import main as eval_main
-from evaluation.duplicates import Prints, Rule, aligned_correlation, find_duplicates, pixel_views
+from evaluation.probes.duplicates import Prints, Rule, aligned_correlation, find_duplicates, pixel_views
 from tests.visual_utils import make_pattern_folder, make_visual_setup, pattern_image
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from evaluation.cli import main as eval_main
-from evaluation.report import SCHEMA_PATH, build_report
+from evaluation.report.build import SCHEMA_PATH, build_report
 from tests.visual_utils import make_pattern_folder, make_visual_setup
 
 
@@ -84,7 +84,7 @@ def test_pretrain_shards_holding_val_images_are_reported_as_information(split, t
 
 
 def test_detection_data_check_counts_val_images_identical_to_training_images(tmp_path):
-    from evaluation.data_check import identical_check
+    from evaluation.stages.data_check import identical_check
 
     rng = np.random.default_rng(0)
     imgs = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
@@ -98,7 +98,7 @@ def test_detection_data_check_counts_val_images_identical_to_training_images(tmp
 
 
 def test_rule_tightens_on_look_alike_images_and_keeps_its_limits_on_varied_ones():
-    from evaluation.duplicates import Rule
+    from evaluation.probes.duplicates import Rule
 
     rng = np.random.default_rng(0)
     varied = rng.integers(-2**62, 2**62, 400)  # random 64-bit hashes: nearest other image ~20 bits away

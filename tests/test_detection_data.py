@@ -1,4 +1,4 @@
-"""Detection data: VOC / COCO readers, label-fraction sampling (evaluation.fractions), COCO AP (pycocotools)."""
+"""Detection data: VOC / COCO readers, label-fraction sampling (evaluation.loading.fractions), COCO AP (pycocotools)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluation.detection.data import load_detection_dataset
 from evaluation.detection.metrics import coco_box_ap
-from evaluation.fractions import nested_subset
+from evaluation.loading.fractions import nested_subset
 from selfsup.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 
@@ -65,7 +65,7 @@ def test_voc_without_split_holds_out_seeded(tmp_path: Path) -> None:
     a, b = load_detection_dataset(root), load_detection_dataset(root)
     assert len(a.val) == 2 and len(a.train) == 8 and a.val_split.startswith("holdout")
     assert [s.image_id for s in a.val] == [s.image_id for s in b.val]
-    # Held out the way label fractions are drawn (evaluation.fractions): one seeded, nested sampler.
+    # Held out the way label fractions are drawn (evaluation.loading.fractions): one seeded, nested sampler.
     assert [s.path.stem for s in a.val] == nested_subset([f"img{i:02d}" for i in range(10)], fraction=0.2, seed=0)
 
 

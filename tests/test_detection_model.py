@@ -19,7 +19,7 @@ from evaluation.detection.data import DetectionSample, load_detection_dataset
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.model import build_detector
 from evaluation.detection.train import detector_param_groups, predict, train_detector
-from evaluation.models import model_sources, read_config
+from evaluation.loading.backbones import model_sources, read_config
 from selfsup.errors import CheckpointError
 from tests.conftest import SHARED_DATA
 
@@ -213,7 +213,7 @@ def test_simple_feature_pyramid_upsamples_and_pools_to_target_strides(patch: int
 
 def test_detection_random_init_is_the_reports_random_init(tmp_path: Path) -> None:
     """One way to load an export: the detection stage's random-init body is the kNN / linear probe one."""
-    from evaluation.models import load_model
+    from evaluation.loading.backbones import load_model
 
     source = model_sources(weights=str(_export(tmp_path, "vit")))[1]
     body, reference = load_detection_body(source).model, load_model(source).model

@@ -8,8 +8,8 @@ import safetensors
 import torch
 
 from evaluation.cli import main as eval_main
-from evaluation.features import embed
-from evaluation.models import load_model, model_sources
+from evaluation.loading.features import embed
+from evaluation.loading.backbones import load_model, model_sources
 from selfsup.cli import main as selfsup_main
 from tests.pipeline_utils import make_shards, tiny_config
 from tests.visual_utils import make_visual_setup
@@ -28,10 +28,10 @@ def test_embed_folder_writes_embeddings_with_keys_equal_to_the_model(tmp_path, c
     assert meta["architecture"] == "vit_tiny_patch16_224"
     # row i is the export's feature of image keys[i], under the export's own eval preprocessing
     from PIL import Image
-    from evaluation.features import eval_transform
+    from evaluation.loading.features import model_transform
 
     loaded = load_model(model_sources(weights=str(setup / "export"))[0])
-    x = eval_transform(loaded)(Image.open(setup / "train" / keys[4]).convert("RGB"))[None]
+    x = model_transform(loaded)(Image.open(setup / "train" / keys[4]).convert("RGB"))[None]
     with torch.inference_mode():
         torch.testing.assert_close(emb[4:5], embed(loaded.model, x), atol=1e-5, rtol=1e-4)
     # no overwrite: a second call into the same folder is a one-line error, the file is kept

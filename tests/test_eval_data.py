@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.data.labelled import encode_png, open_labelled
+from selfsup.data.labelled import open_labelled
 from selfsup.errors import DataError
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """PNG bytes of ``img``, for the shards these tests write."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def make_images(n_per_class: int = 3, classes: tuple[str, ...] = ("cat", "dog")) -> list[tuple[Image.Image, int]]:

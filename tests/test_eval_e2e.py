@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from evaluation.cli import main
-from evaluation.models import load_model, model_sources
-from evaluation.report import SCHEMA_PATH
+from evaluation.loading.backbones import load_model, model_sources
+from evaluation.report.build import SCHEMA_PATH
 from tests.visual_utils import make_visual_setup
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.fractions import label_subsets, parse_fractions, stratified_subset
+from evaluation.loading.fractions import label_subsets, parse_fractions, stratified_subset
 from selfsup.errors import ConfigError, DataError
 
 LABELS = np.array([0] * 100 + [1] * 50 + [2] * 7 + [3] * 1)

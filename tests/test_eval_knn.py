@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evaluation.knn import evaluate_knn, knn_classify, topk_accuracy
+from selfsup.knn import evaluate_knn, knn_classify, topk_accuracy
 
 
 def clusters(n: int, c: int, d: int, seed: int, spread: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:

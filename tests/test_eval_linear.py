@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.linear_probe import holdout_split, linear_probe, train_linear, train_linear_grid
+from evaluation.probes.linear import holdout_indices, linear_probe, train_linear, train_linear_grid
 
 
 def blobs(n: int, c: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +54,7 @@ def test_grid_heads_train_like_single_probes():
 
 def test_holdout_is_stratified_and_disjoint():
     labels = np.array([0] * 10 + [1] * 5 + [2])
-    fit, held = holdout_split(labels, share=0.2, seed=0)
+    fit, held = holdout_indices(labels, share=0.2, seed=0)
     assert set(fit) | set(held) == set(range(16)) and not set(fit) & set(held)
     assert sorted(labels[held].tolist()) == [0, 0, 1]  # the single class-2 row is kept for fitting
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from evaluation.report import SCHEMA_PATH, aggregate, build_report, read_detection
+from evaluation.report.build import SCHEMA_PATH, build_report
+from evaluation.results import aggregate, read_detection
 
 MODELS = [
     {"name": "pretrained", "kind": "export", "weights": "/x/export", "weights_id": "sha256:ab", "architecture": "vit_t",

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from evaluation.card import card_section
+from evaluation.report.card import card_section
 from selfsup.cli import main as selfsup_main
 from selfsup.export import export
 from selfsup.train.loop import pretrain

@@ -60,14 +60,14 @@ def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     assert json.loads((tmp_path / "last" / "config.json").read_text())["selfsup"]["step"] == 5
 
     # the monitor's preprocessing is selfsup-eval's: same features, same kNN top-1 on the same images
-    from evaluation.features import eval_transform, extract_features
-    from evaluation.models import ModelSource, load_model
+    from evaluation.loading.features import model_transform, extract_features
+    from evaluation.loading.backbones import ModelSource, load_model
     from selfsup.knn import knn_classify, topk_accuracy
     from selfsup.train.monitor import LabelledSplit
 
     loaded = load_model(ModelSource("pretrained", "export", str(tmp_path / "best")))
     split = LabelledSplit(str(labelled), max_train=30, max_val=18, data_config=loaded.data_config, seed=0)
-    feats = {name: extract_features(loaded.model, split.images.subset(idx, tag=name), eval_transform(loaded),
+    feats = {name: extract_features(loaded.model, split.images.subset(idx, tag=name), model_transform(loaded),
                                     batch_size=16, num_workers=0, device=torch.device("cpu"))
              for name, idx in (("bank", split.bank_index), ("val", split.val_index))}
     scores = knn_classify(feats["bank"].feats, feats["bank"].labels, feats["val"].feats, k=20, T=0.07,

@@ -10,7 +10,7 @@ import timm
 import torch
 
 from evaluation.cli import main as eval_main
-from evaluation.features import embed
+from evaluation.loading.features import embed
 from pipeline_utils import make_image_folder, make_shards, tiny_config
 from selfsup.cli import main as selfsup_main
 from selfsup.errors import CheckpointError, ConfigError

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from evaluation.cli import main
-from evaluation.report import SCHEMA_PATH
+from evaluation.report.build import SCHEMA_PATH
 from tests.visual_utils import make_visual_setup
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,7 +75,7 @@ def test_report_html_in_headless_chromium(report_dir):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport={"width": 800, "height": 900})  # narrower than the long lines
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto((report_dir / "report.html").resolve().as_uri())
@@ -83,6 +83,10 @@ def test_report_html_in_headless_chromium(report_dir):
             images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
             tables = page.eval_on_selector_all("table", "els => els.map(e => e.rows.length)")
             headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+            text = page.evaluate("document.body.innerText")
+            bold = page.eval_on_selector_all("strong", "els => els.map(e => e.textContent)")
+            code = page.eval_on_selector_all("code", "els => els.length")
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         finally:
             browser.close()
     assert errors == []
@@ -91,3 +95,16 @@ def test_report_html_in_headless_chromium(report_dir):
     assert all(complete and width > 0 for _, complete, width in images), images
     assert len(tables) >= 3 and all(n >= 2 for n in tables)  # results, robustness and retrieval tables with rows
     assert "Robustness to common corruptions" in headings
+    # Markdown is rendered, not shown: no ** or backticks in the visible text, bold and code are elements.
+    assert "**" not in text and "`" not in text
+    assert "pretrained" in bold and code > 0
+    # Long lines (paths, the command) wrap: the page does not scroll sideways at 800 px.
+    assert overflow <= 0, overflow
+
+
+def test_report_html_renders_markdown_and_escapes_raw_html(tmp_path):
+    from evaluation.report.render import html_page
+
+    page = html_page("# T\n\n- weights: `a<b>` as **pretrained**\n\n<script>alert(1)</script>\n", tmp_path, [])
+    assert "<strong>pretrained</strong>" in page and "<code>a&lt;b&gt;</code>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page

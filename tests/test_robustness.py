@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.corruptions import COMMON, apply_corruption, fog, glass_blur, imagecorruptions_module
-from evaluation.models import model_sources
-from evaluation.robustness import run_robustness
-from evaluation.stages import prepare_data
+from evaluation.probes.corruptions import COMMON, apply_corruption, fog, glass_blur, imagecorruptions_module
+from evaluation.loading.backbones import model_sources
+from evaluation.stages.robustness import run_robustness
+from evaluation.stages.classification import prepare_data
 from selfsup.errors import ConfigError
 from tests.visual_utils import make_visual_setup
 
@@ -26,7 +26,7 @@ def test_every_common_corruption_runs_is_seeded_and_changes_the_image(name):
 
 
 def test_the_package_release_breaks_where_we_rewrote_it():
-    """If a fixed imagecorruptions release appears, this fails: drop the rewrites in evaluation/corruptions.py."""
+    """If a fixed imagecorruptions release appears, this fails: drop the rewrites in evaluation/probes/corruptions.py."""
     package = imagecorruptions_module()
     for name in ("glass_blur", "fog"):
         with pytest.raises((TypeError, AttributeError)):
@@ -65,7 +65,7 @@ def test_robustness_two_corruptions_one_severity(tmp_path):
         corrupted = [r["knn_top1"] for r in res["rows"] if r["model"] == row["model"] and r["corruption"] != "clean"]
         assert row["mca_knn_top1"] == pytest.approx(np.mean(corrupted))
     # the clean row equals the report's kNN k=20 at 100% labels: the same features, classifier and labels
-    from evaluation.stages import run_knn
+    from evaluation.stages.classification import run_knn
 
     knn = run_knn(data, sources, out=tmp_path / "out", ks=(20,), device="cpu", batch_size=8)
     for r in knn["runs"]:

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from evaluation.cli import main as eval_main
-from evaluation.fingerprints import hash_distance, perceptual_hash
-from evaluation.pool import load_pool
-from evaluation.selection import STRATEGIES, select
+from evaluation.loading.fingerprints import hash_distance, perceptual_hash
+from evaluation.loading.pool import load_pool
+from evaluation.probes.selection import STRATEGIES, select
 from tests.pipeline_utils import make_shards
 from tests.visual_utils import make_visual_setup
 

@@ -9,13 +9,13 @@ import pytest
 import timm
 import torch
 
-from evaluation.attention import cls_attention, supports_attention_maps, top_mass_mask
-from evaluation.models import model_sources
-from evaluation.pca_maps import pca_rgb, spatial_features
-from evaluation.projection import project_2d
-from evaluation.retrieval import nearest_neighbours, precision_at_k
-from evaluation.stages import prepare_data
-from evaluation.visual import run_visual
+from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
+from evaluation.loading.backbones import model_sources
+from evaluation.probes.pca_maps import pca_rgb, spatial_features
+from evaluation.probes.projection import project_2d
+from evaluation.probes.retrieval import nearest_neighbours, precision_at_k
+from evaluation.stages.classification import prepare_data
+from evaluation.stages.maps import run_visual
 from tests.visual_utils import make_visual_setup
 
 

@@ -4,7 +4,7 @@ Modules: :mod:`.data` (VOC / COCO readers, hold-out split, checked image decodin
 set), :mod:`.backbone` (ViTDet simple pyramid / hierarchical maps + FPN), :mod:`.model` (Faster R-CNN),
 :mod:`.train` (layer-decay AdamW loop, inference), :mod:`.metrics` (pycocotools COCO AP), :mod:`.transfer` (the
 stage: ``OUT/detection.json``). Models, label fractions, seeds, results and plots are the other stages'
-(:mod:`evaluation.models`, :mod:`evaluation.fractions`, :mod:`evaluation.report`, :mod:`evaluation.plots`); the
+(:mod:`evaluation.loading.backbones`, :mod:`evaluation.loading.fractions`, :mod:`evaluation.report.build`, :mod:`evaluation.report.plots`); the
 command line is ``selfsup-eval detect`` or ``selfsup-eval report --detection-data`` (:mod:`evaluation.cli`).
 """
 

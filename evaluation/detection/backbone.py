@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from evaluation.models import LoadedModel, ModelSource, load_model
+from evaluation.loading.backbones import LoadedModel, ModelSource, load_model
 
 PYRAMID_STRIDES = (8, 16, 32, 64)
 
@@ -138,7 +138,7 @@ def flexible_size_kwargs(model: nn.Module) -> dict[str, bool]:
 
 
 def load_detection_body(source: ModelSource) -> LoadedModel:
-    """The timm model of ``source``, loaded as by every evaluation stage (:func:`evaluation.models.load_model`),
+    """The timm model of ``source``, loaded as by every evaluation stage (:func:`evaluation.loading.backbones.load_model`),
     rebuilt with :func:`flexible_size_kwargs` when its saved arguments fix the input size."""
     loaded = load_model(source)
     extra = flexible_size_kwargs(loaded.model)

@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from evaluation.fractions import nested_subset
+from evaluation.loading.fractions import nested_subset
 from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.data.decode import IMAGE_EXTENSIONS
 from selfsup.errors import DataError
@@ -241,7 +241,7 @@ def _voc_split(root: Path, keys: list[str]) -> tuple[list[str], list[str], str]:
         train = _csv_keys(csv_dir / "train_labels.csv")
         test = _csv_keys(csv_dir / "test_labels.csv")
         return train, test, "test"
-    return holdout_split(keys)
+    return holdout_keys(keys)
 
 
 def _read_list(path: Path) -> list[str]:
@@ -268,7 +268,7 @@ def _load_coco(path: Path, *, images: Path, val_path: Path | None) -> DetectionD
         train_imgs, val_imgs, val_split = train_raw, val_raw, val_path.name
     else:
         by_key = {r.key: r for r in train_raw}
-        train_keys, val_keys, val_split = holdout_split(list(by_key))
+        train_keys, val_keys, val_split = holdout_keys(list(by_key))
         train_imgs, val_imgs = [by_key[k] for k in train_keys], [by_key[k] for k in val_keys]
     return _build(path.stem, train_imgs, val_imgs, val_split=val_split, classes=categories, skipped=skipped)
 
@@ -340,7 +340,7 @@ def _check_skipped(source: Path, bad: list[tuple[str, str]], total: int) -> dict
 
 # ---------------------------------------------------------------- shared
 
-def holdout_split(keys: list[str]) -> tuple[list[str], list[str], str]:
+def holdout_keys(keys: list[str]) -> tuple[list[str], list[str], str]:
     """Train keys, hold-out keys and the split's name: the label-fraction sampler's seeded subset of
     :data:`HOLDOUT_FRACTION` of the images, so both splits are drawn the same way."""
     val = set(nested_subset(keys, fraction=HOLDOUT_FRACTION, seed=HOLDOUT_SEED))

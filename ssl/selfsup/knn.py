@@ -12,9 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+DINO_TEMPERATURE = 0.07  # Caron et al. 2021, Sec. 4.1
+
 
 def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, *, k: int,
-                 T: float = 0.07, num_classes: int, chunk_size: int = 256) -> torch.Tensor:
+                 T: float = DINO_TEMPERATURE, num_classes: int, chunk_size: int = 256) -> torch.Tensor:
     """Class scores (m, c) of DINO's temperature-weighted kNN vote.
 
     Args:
@@ -48,3 +50,19 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     k = min(k, scores.shape[1])
     top = scores.topk(k, dim=1).indices
     return float((top == labels.view(-1, 1)).any(dim=1).float().mean())
+
+
+def evaluate_knn(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, *, ks: tuple[int, ...], T: float = DINO_TEMPERATURE,
+                 num_classes: int, chunk_size: int = 256) -> dict[int, dict[str, float]]:
+    """:func:`knn_classify` at every ``k`` of ``ks``: ``{k: {"top1": acc, "top5": acc}}`` (top5 only when there
+    are more than 5 classes)."""
+    results = {}
+    for k in ks:
+        scores = knn_classify(train_feats, train_labels, test_feats, k=k, T=T, num_classes=num_classes,
+                              chunk_size=chunk_size)
+        row = {"top1": topk_accuracy(scores, test_labels, 1)}
+        if num_classes > 5:
+            row["top5"] = topk_accuracy(scores, test_labels, 5)
+        results[k] = row
+    return results

@@ -270,10 +270,3 @@ def open_labelled(path: str, *, classes: list[str] | None = None, max_items: int
         keep = np.sort(np.random.default_rng(subset_seed).permutation(len(images))[:max_items])
         images = images.subset(keep, tag=f"max{max_items}@{subset_seed}")
     return images
-
-
-def encode_png(img: Image.Image) -> bytes:
-    """PNG bytes of ``img`` (used by tests and tools that write shards)."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

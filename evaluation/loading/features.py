@@ -16,7 +16,7 @@ import timm
 import torch
 
 from selfsup.data.labelled import LabelledImages, TransformedImages
-from evaluation.models import LoadedModel
+from evaluation.loading.backbones import LoadedModel
 
 FEATURES_VERSION = 1
 
@@ -36,7 +36,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def eval_transform(model: LoadedModel) -> torch.nn.Module:
+def model_transform(model: LoadedModel) -> torch.nn.Module:
     """Resize + center crop to the model's input size, normalise with its mean/std."""
     return timm.data.create_transform(**model.data_config, is_training=False)
 
@@ -72,7 +72,7 @@ def cached_features(model: LoadedModel, images: LabelledImages, *, cache_dir: Pa
 
     ``transform`` (PIL image -> normalised tensor) replaces the model's eval transform, e.g. to add a corruption;
     its ``repr`` is part of the cache key."""
-    transform = eval_transform(model) if transform is None else transform
+    transform = model_transform(model) if transform is None else transform
     path = Path(cache_dir) / f"{cache_key(model, images, transform)}.safetensors"
     if path.exists():
         t = safetensors.torch.load_file(str(path))

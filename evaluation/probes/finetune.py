@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from selfsup.data.labelled import LabelledImages, TransformedImages
 from selfsup.optim.schedules import warmup_cosine
-from evaluation.knn import topk_accuracy
+from selfsup.knn import topk_accuracy
 
 
 def train_transform(data_config: dict) -> torch.nn.Module:

@@ -1,22 +1,17 @@
-"""The optional report sections of :mod:`evaluation.visual` (maps, retrieval, embedding) and
-:mod:`evaluation.robustness`: running them for ``selfsup-eval report`` and rendering them as report blocks.
+"""Report blocks of the data check (:mod:`evaluation.stages.data_check`) and of the optional sections: maps,
+retrieval and the 2D embedding (:mod:`evaluation.stages.maps`), robustness (:mod:`evaluation.stages.robustness`).
 
-Each section writes its own JSON into the report folder (``visual.json``, ``robustness.json``), which
-:func:`evaluation.report.build_report` copies into ``report.json`` and renders with :func:`section_blocks`.
-A section switched off in a later call has its JSON removed, so the report never shows results from other
-settings (its images stay, unreferenced).
+Each stage writes its own JSON into the report folder (``data_check.json``, ``visual.json``,
+``robustness.json``), which :func:`evaluation.report.build.build_report` copies into ``report.json``; these
+functions turn those dicts into blocks (:func:`evaluation.report.render.blocks_to_markdown`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from evaluation.corruptions import COMMON, SEVERITIES
-from evaluation.models import ModelSource
-from evaluation.robustness import EVALUATIONS, ROBUSTNESS_FILE, run_robustness
-from evaluation.stages import EvalData
-from evaluation.visual import VISUAL_FILE, run_visual
+from evaluation.stages.data_check import CHECK_FILE, LISTED
+from evaluation.stages.robustness import EVALUATIONS
 
 CAPTIONS = {
     "attention": "Last-block [CLS] attention per head and the patches holding the top 60% of each head's attention "
@@ -27,23 +22,6 @@ CAPTIONS = {
                  "same label as the query, red = another label.",
     "projection": "Val embeddings (L2-normalised) projected to 2D, coloured by label.",
 }
-
-
-def run_sections(data: EvalData, sources: list[ModelSource], *, out: str | Path, visual: bool = True,
-                 projection: str = "auto", robustness: bool = False, corruptions: list[str] | None = None,
-                 severities: list[int] | None = None, robustness_max_val: int | None = None,
-                 **kw: Any) -> None:
-    """Run the switched-on sections (``kw``: img_size, batch_size, num_workers, device); drop stale JSONs."""
-    out = Path(out)
-    if visual:
-        run_visual(data, sources, out=out, projection=projection, **kw)
-    elif (out / VISUAL_FILE).exists():
-        (out / VISUAL_FILE).unlink()
-    if robustness:
-        run_robustness(data, sources, out=out, corruptions=list(corruptions or COMMON),
-                       severities=list(severities or SEVERITIES), max_val=robustness_max_val, **kw)
-    elif (out / ROBUSTNESS_FILE).exists():
-        (out / ROBUSTNESS_FILE).unlink()
 
 
 def _pct(x: float | None) -> str:
@@ -82,3 +60,34 @@ def section_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
         blocks += [("table", (header, rows)), ("images", [rob["plot"]])]
     return blocks
 
+
+def check_blocks(check: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Report blocks of the data check (``h2``, ``text``, ``list``)."""
+    if check is None:
+        return []
+    t = check["val_in_train"]
+    blocks: list[tuple[str, Any]] = [("h2", "Data check: val images in train")]
+    how = (f"Checked by the SHA-256 of the decoded pixels (identical) and by the `{check['model']}` features "
+           f"(near-duplicates: {check['rule']}).")
+    if t["affected"]:
+        blocks.append(("text", f"**{t['affected']} of {t['num_val']} val images ({100 * t['share']:.1f}%) are also in "
+                               f"train** ({t['identical']} identical, {t['near']} near-duplicates): every val accuracy "
+                               f"in this report may be inflated by up to {100 * t['share']:.1f} points. Remove them "
+                               f"from train or val for a clean number. {how}"))
+        blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']}, cosine {p['similarity']:.3f}, "
+                                f"hash distance {p['hash_distance']})" for p in t["pairs"][:LISTED]]
+                       + ([f"... {len(t['pairs']) - LISTED} more pairs in {CHECK_FILE}"]
+                          if len(t["pairs"]) > LISTED else [])))
+    else:
+        blocks.append(("text", f"No val image is in train ({t['num_val']} val against {t['num_reference']} train "
+                               f"images). {how}"))
+    pre = check["val_in_pretraining"]
+    if pre is not None:
+        blocks.append(("h2", "Data check: val images in the pretraining images (information)"))
+        blocks.append(("text", f"{pre['affected']} of {pre['num_val']} val images ({100 * pre['share']:.1f}%) are "
+                               f"also among the {pre['num_reference']} pretraining images of `{pre['shards']}` "
+                               f"({pre['identical']} identical, {pre['near']} near-duplicates). Pretraining without "
+                               "labels on val images is legitimate, but the features have seen them."))
+        if pre["pairs"]:
+            blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']})" for p in pre["pairs"][:LISTED]]))
+    return blocks

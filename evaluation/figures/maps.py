@@ -8,29 +8,12 @@ nearest-neighbour upsampling (one cell = one patch).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from evaluation.figures import axis_off, plt, save_figure
 
 MAX_HEADS_SHOWN = 6
-
-
-def _off(ax: Any) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 def _extent(image: np.ndarray) -> tuple[float, float, float, float]:
@@ -70,9 +53,9 @@ def plot_attention_maps(images: list[np.ndarray], maps: dict[str, tuple[np.ndarr
                 axes[r][c].set_title(f"{m}\ntop 60% mass", fontsize=7)
             c += 1
     for ax in axes.flat:
-        _off(ax)
+        axis_off(ax)
     axes[0][0].set_title("image", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pca_features(images: list[np.ndarray], rgb: dict[str, np.ndarray], path: Path) -> Path:
@@ -87,9 +70,9 @@ def plot_pca_features(images: list[np.ndarray], rgb: dict[str, np.ndarray], path
             if r == 0:
                 axes[r][c].set_title(f"{m}\nPCA (bg dropped)", fontsize=7)
     for ax in axes.flat:
-        _off(ax)
+        axis_off(ax)
     axes[0][0].set_title("image", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_retrieval(queries: list[np.ndarray], query_labels: list[str],
@@ -128,7 +111,7 @@ def plot_retrieval(queries: list[np.ndarray], query_labels: list[str],
     for r in range(rows):
         for j in range(1 + len(results[models[r // len(queries)]][r % len(queries)]), k + 1):
             axes[r][j].axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_embedding_2d(coords: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], method: str,
@@ -144,10 +127,10 @@ def plot_embedding_2d(coords: dict[str, np.ndarray], labels: np.ndarray, classes
             if sel.any():
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=8, color=cmap(c % cmap.N), label=name, alpha=0.8)
         ax.set_title(f"{m} ({method})", fontsize=9)
-        _off(ax)
+        axis_off(ax)
     if len(classes) <= 20:
         axes[0][-1].legend(fontsize=7, markerscale=1.5, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_robustness(grids: dict[tuple[str, str], np.ndarray], corruptions: list[str], severities: list[int],

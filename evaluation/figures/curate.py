@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from evaluation.visual_plots import _off, _save, plt
+from evaluation.figures import axis_off, plt, save_figure
 
 
 def _short(text: str, n: int = 22) -> str:
@@ -24,9 +24,9 @@ def plot_pairs(pairs: list[tuple[Image.Image, str, Image.Image, str, float]], pa
         for c, (img, name) in enumerate(((img_a, name_a), (img_b, name_b))):
             axes[r][c].imshow(img)
             axes[r][c].set_title(_short(name), fontsize=6)
-            _off(axes[r][c])
+            axis_off(axes[r][c])
         axes[r][0].set_ylabel(f"{sim:.3f}", fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gallery(images: list[tuple[Image.Image, str]], path: Path, *, cols: int = 8) -> Path:
@@ -39,8 +39,8 @@ def plot_gallery(images: list[tuple[Image.Image, str]], path: Path, *, cols: int
         ax.axis("on")
         ax.imshow(img)
         ax.set_title(title, fontsize=6)
-        _off(ax)
-    return _save(fig, path)
+        axis_off(ax)
+    return save_figure(fig, path)
 
 
 def plot_label_issues(rows: list[tuple[Image.Image, str, list[tuple[Image.Image, str, bool]]]], path: Path) -> Path:
@@ -51,7 +51,7 @@ def plot_label_issues(rows: list[tuple[Image.Image, str, list[tuple[Image.Image,
     for r, (img, title, neighbours) in enumerate(rows):
         axes[r][0].imshow(img)
         axes[r][0].set_title(title, fontsize=6, color="red")
-        _off(axes[r][0])
+        axis_off(axes[r][0])
         for c in range(1, k + 1):
             ax = axes[r][c]
             if c > len(neighbours):
@@ -60,9 +60,9 @@ def plot_label_issues(rows: list[tuple[Image.Image, str, list[tuple[Image.Image,
             nb_img, label, agrees = neighbours[c - 1]
             ax.imshow(nb_img)
             ax.set_title(_short(label, 14), fontsize=6, color="green" if agrees else "red")
-            _off(ax)
+            axis_off(ax)
             for spine in ax.spines.values():
                 spine.set_visible(True)
                 spine.set_edgecolor("green" if agrees else "red")
                 spine.set_linewidth(2)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -3,9 +3,9 @@
 A val image that is also a training image (the same picture, or a resized, re-encoded or cropped copy) is
 classified by a model that has seen its label: each one can turn a wrong answer into a right one, so the reported
 val accuracies are inflated by at most the share of val images affected. The check runs the duplicate test of
-:mod:`evaluation.duplicates` with val as the query set and train as the reference:
+:mod:`evaluation.probes.duplicates` with val as the query set and train as the reference:
 
-- **identical**: the same SHA-256 of the decoded pixels (:func:`evaluation.fingerprints.pixel_sha256`), whatever
+- **identical**: the same SHA-256 of the decoded pixels (:func:`evaluation.loading.fingerprints.pixel_sha256`), whatever
   the files or datasets they come from;
 - **near**: the export's features and the perceptual hashes (the same rule and defaults as ``selfsup-eval curate``).
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
-from evaluation.fingerprints import perceptual_hash, pixel_sha256
+from evaluation.probes.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
+from evaluation.loading.fingerprints import perceptual_hash, pixel_sha256
 from selfsup.data.decode import decode_rgb
 from selfsup.data.labelled import LabelledImages
 
@@ -72,10 +72,10 @@ def labelled_prints(images: LabelledImages, feats: torch.Tensor, *, cache_dir: P
 def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
                       **pool_kw: Any) -> tuple[list[str], Prints, ImageLoader]:
     """Names, :class:`Prints` and image loader of unlabelled images (shards or a folder): features and perceptual
-    hashes from :func:`evaluation.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass (cached)."""
-    from evaluation.curate import pool_images
-    from evaluation.embed import iter_images
-    from evaluation.pool import _pool_identity, load_pool, pool_sources
+    hashes from :func:`evaluation.loading.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass (cached)."""
+    from evaluation.stages.curate import pool_images
+    from evaluation.loading.images import iter_images
+    from evaluation.loading.pool import pool_identity, load_pool, pool_sources
 
     pool = load_pool(weights=weights, images=spec, cache_dir=cache_dir, **pool_kw)
     files, urls = pool_sources(spec)
@@ -84,7 +84,7 @@ def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
         sha = {key: pixel_sha256(decode_rgb(blob)) for key, blob in iter_images(files=files, urls=urls)}
         return pool.keys, [sha[k] for k in pool.keys], pool.phash.tolist()
 
-    key = hashlib.sha256(json.dumps([PRINTS_VERSION, _pool_identity(files, urls)]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([PRINTS_VERSION, pool_identity(files, urls)]).encode()).hexdigest()[:24]
     names, shas, phash = _cached_prints(Path(cache_dir) / f"prints-{key}.json", compute)
     return names, Prints(pool.feats, shas, phash), pool_images(pool)
 
@@ -136,38 +136,6 @@ def check_summary(check: dict[str, Any]) -> dict[str, Any]:
 
     return {"file": CHECK_FILE, "val_in_train": counts(check["val_in_train"]),
             "val_in_pretraining": counts(check["val_in_pretraining"])}
-
-
-def check_blocks(check: dict[str, Any] | None) -> list[tuple[str, Any]]:
-    """Report blocks of the data check (``h2``, ``text``, ``list``)."""
-    if check is None:
-        return []
-    t = check["val_in_train"]
-    blocks: list[tuple[str, Any]] = [("h2", "Data check: val images in train")]
-    how = (f"Checked by the SHA-256 of the decoded pixels (identical) and by the `{check['model']}` features "
-           f"(near-duplicates: {check['rule']}).")
-    if t["affected"]:
-        blocks.append(("text", f"**{t['affected']} of {t['num_val']} val images ({100 * t['share']:.1f}%) are also in "
-                               f"train** ({t['identical']} identical, {t['near']} near-duplicates): every val accuracy "
-                               f"in this report may be inflated by up to {100 * t['share']:.1f} points. Remove them "
-                               f"from train or val for a clean number. {how}"))
-        blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']}, cosine {p['similarity']:.3f}, "
-                                f"hash distance {p['hash_distance']})" for p in t["pairs"][:LISTED]]
-                       + ([f"... {len(t['pairs']) - LISTED} more pairs in {CHECK_FILE}"]
-                          if len(t["pairs"]) > LISTED else [])))
-    else:
-        blocks.append(("text", f"No val image is in train ({t['num_val']} val against {t['num_reference']} train "
-                               f"images). {how}"))
-    pre = check["val_in_pretraining"]
-    if pre is not None:
-        blocks.append(("h2", "Data check: val images in the pretraining images (information)"))
-        blocks.append(("text", f"{pre['affected']} of {pre['num_val']} val images ({100 * pre['share']:.1f}%) are "
-                               f"also among the {pre['num_reference']} pretraining images of `{pre['shards']}` "
-                               f"({pre['identical']} identical, {pre['near']} near-duplicates). Pretraining without "
-                               "labels on val images is legitimate, but the features have seen them."))
-        if pre["pairs"]:
-            blocks.append(("list", [f"`{p['val']}` = `{p['reference']}` ({p['kind']})" for p in pre["pairs"][:LISTED]]))
-    return blocks
 
 
 def identical_check(val: list[tuple[str, Image.Image | Callable[[], Image.Image]]],

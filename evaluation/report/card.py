@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evaluation.report import _md_table, result_table
+from evaluation.report.tables import md_table, result_table
 from selfsup.errors import CheckpointError
 from selfsup.model_card import CARD_FILE, set_card_section
 
@@ -33,7 +33,7 @@ def card_section(report: dict[str, Any]) -> str:
              f"subset each) on `{Path(str(d['train'])).name}` ({d['num_train']} train images) / "
              f"`{Path(str(d['val'])).name}` ({d['num_val']} val images), {d['num_classes']} classes. "
              "`random_init` is the same architecture with random weights, the floor pretraining has to beat.")
-    return intro + "\n\n" + _md_table(header, rows)
+    return intro + "\n\n" + md_table(header, rows)
 
 
 def update_card(weights: str | Path, report: dict[str, Any]) -> Path:

@@ -28,9 +28,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from evaluation.embed import ImageStream, embed_stream, image_files, iter_images
-from evaluation.features import eval_transform
-from evaluation.models import ModelSource, load_model
+from evaluation.loading.images import ImageStream, embed_stream, image_files, iter_images
+from evaluation.loading.features import model_transform
+from evaluation.loading.backbones import ModelSource, load_model
 from selfsup.data.decode import decode_rgb
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError
@@ -76,7 +76,7 @@ def pool_sources(images: str) -> tuple[list[tuple[str, str]] | None, list[str] |
     return None, expand_shards(images, strict=True)
 
 
-def _pool_identity(files: list[tuple[str, str]] | None, urls: list[str] | None) -> str:
+def pool_identity(files: list[tuple[str, str]] | None, urls: list[str] | None) -> str:
     h = hashlib.sha256()
     for key, path in files or [(u, u) for u in urls or []]:
         h.update(key.encode("utf-8", "surrogateescape"))
@@ -93,8 +93,8 @@ def load_pool(*, weights: str, images: str, cache_dir: str | Path, batch_size: i
     """Embed and fingerprint every image of ``images`` with the export ``weights`` (or read the cached pass)."""
     files, urls = pool_sources(images)
     loaded = load_model(ModelSource("pretrained", "export", weights), img_size=img_size)
-    transform = eval_transform(loaded)
-    blob = json.dumps([POOL_VERSION, loaded.info["weights_id"], _pool_identity(files, urls), repr(transform)])
+    transform = model_transform(loaded)
+    blob = json.dumps([POOL_VERSION, loaded.info["weights_id"], pool_identity(files, urls), repr(transform)])
     path = Path(cache_dir) / f"pool-{hashlib.sha256(blob.encode()).hexdigest()[:24]}.safetensors"
     file_map = dict(files) if files is not None else None
     if path.exists():

@@ -23,20 +23,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
-from evaluation.features import cached_features, resolve_device
-from evaluation.knn import knn_classify, topk_accuracy
-from evaluation.linear_probe import few_threads, linear_probe, train_linear
-from evaluation.models import ModelSource, load_model
-from evaluation.stages import EvalData
-from evaluation.visual_plots import plot_robustness
+from evaluation.probes.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
+from evaluation.loading.features import cached_features, resolve_device
+from selfsup.knn import knn_classify, topk_accuracy
+from evaluation.probes.linear import few_threads, linear_probe, train_linear
+from evaluation.loading.backbones import ModelSource, load_model
+from evaluation.stages.classification import EvalData
+from evaluation.settings import DEFAULTS
+from evaluation.figures.maps import plot_robustness
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
 from selfsup.data.labelled import LabelledImages
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
-KNN_K = 20
-KNN_T = 0.07
+KNN_K, KNN_T = DEFAULTS.knn_k, DEFAULTS.knn_temperature
 EVALUATIONS = {"knn_top1": f"kNN k={KNN_K}", "linear_top1": "linear probe"}
 
 

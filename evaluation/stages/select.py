@@ -11,7 +11,7 @@ Writes into ``DIR`` (a new or empty folder, or a previous ``select`` output):
 
 The pool's features are computed once and cached in ``--cache`` (default ``DIR/cache``). Images of ``--labelled``
 (class sub-folders) count as chosen; a pool image whose file is byte-identical to a labelled one is not picked
-again. The strategies are in :mod:`evaluation.selection`. Nothing in the pool or the labelled folder is touched.
+again. The strategies are in :mod:`evaluation.probes.selection`. Nothing in the pool or the labelled folder is touched.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
-from evaluation.selection import DEFAULT_STRATEGY, STRATEGIES, Selection, select
+from evaluation.loading.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
+from evaluation.probes.selection import DEFAULT_STRATEGY, STRATEGIES, select
 from selfsup.errors import CheckpointError, ConfigError, DataError
 
 OUTPUTS = ("selection.txt", "selection.json", "selection.png")
@@ -114,7 +114,7 @@ def _plot(pool: Pool, chosen: np.ndarray, labelled: np.ndarray | None, path: Pat
     import matplotlib.pyplot as plt
     import torch
 
-    from evaluation.projection import project_2d
+    from evaluation.probes.projection import project_2d
 
     feats = pool.feats if labelled is None else torch.cat([pool.feats, torch.as_tensor(labelled).float()])
     method = projection if projection != "auto" or len(feats) <= 20_000 else "pca"  # UMAP of 100k takes minutes

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.pca_maps import principal_components
+from evaluation.probes.pca_maps import principal_components
 from selfsup.errors import ConfigError
 
 METHODS = ("auto", "umap", "tsne", "pca", "none")

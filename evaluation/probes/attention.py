@@ -90,8 +90,3 @@ def top_mass_mask(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     keep_sorted = val.cumsum(-1) > (1 - mass)
     keep = torch.zeros_like(keep_sorted).scatter_(-1, idx, keep_sorted)
     return keep.reshape(attn.shape)
-
-
-def upsample(maps: torch.Tensor, patch: int) -> torch.Tensor:
-    """(b, H, h, w) -> (b, H, h*patch, w*patch) by nearest-neighbour (DINO's ``interpolate(scale_factor=patch)``)."""
-    return nn.functional.interpolate(maps.float(), scale_factor=patch, mode="nearest")

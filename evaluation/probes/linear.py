@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.knn import topk_accuracy
+from selfsup.knn import topk_accuracy
 from selfsup.optim.schedules import cosine
 
 DEFAULT_LRS = (1e-3, 1e-2, 1e-1)
@@ -39,7 +39,7 @@ class ProbeResult:
         return asdict(self)
 
 
-def holdout_split(labels: np.ndarray, *, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_indices(labels: np.ndarray, *, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (fit, held-out) indices: ``max(1, round(share * n_c))`` held out per class with >= 2 rows."""
     rng = np.random.default_rng([seed, 7919])
     held = []
@@ -155,7 +155,7 @@ def _linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fe
                   test_labels: torch.Tensor, *, num_classes: int, lrs: tuple[float, ...], wds: tuple[float, ...],
                   holdout_share: float, steps: int, batch_size: int, seed: int) -> ProbeResult:
     labels_np = train_labels.numpy()
-    fit_idx, held_idx = holdout_split(labels_np, share=holdout_share, seed=seed)
+    fit_idx, held_idx = holdout_indices(labels_np, share=holdout_share, seed=seed)
     grid = [(lr, wd) for lr in lrs for wd in wds]
     best: tuple[float, float] = grid[len(grid) // 2]
     best_acc: float | None = None

@@ -1,35 +1,33 @@
 """The evaluation stages (kNN, linear probe, fine-tune) over every model, each writing its own JSON.
 
 Each stage takes the prepared data (:func:`prepare_data`) and the models to compare
-(:func:`evaluation.models.model_sources`), runs every (model, label fraction, seed), writes
+(:func:`evaluation.loading.backbones.model_sources`), runs every (model, label fraction, seed), writes
 ``OUT/<stage>.json`` and returns the same dict. Features come from the cache in ``OUT/cache``, so the kNN and
 linear stages share one backbone pass per split and model.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.utils import set_seed
 
 from selfsup.data.labelled import LabelledImages, open_labelled
-from evaluation.features import Features, cached_features, eval_transform, resolve_device
-from evaluation.finetune import finetune
-from evaluation.fractions import fraction_key, label_subsets
-from evaluation.knn import evaluate_knn
-from evaluation.linear_probe import linear_probe
-from evaluation.models import ModelSource, load_model
+from evaluation.loading.features import Features, cached_features, model_transform, resolve_device
+from evaluation.probes.finetune import finetune
+from evaluation.loading.fractions import fraction_key, label_subsets
+from selfsup.knn import evaluate_knn
+from evaluation.probes.linear import linear_probe
+from evaluation.loading.backbones import ModelSource, load_model
+from evaluation.results import write_stage
+from evaluation.settings import DEFAULTS
 from selfsup.errors import DataError
 
 SUBSETS_FILE = "label_subsets.json"
-KNN_KS = (10, 20, 100, 200)
-KNN_T = 0.07
 
 
 @dataclass
@@ -43,7 +41,7 @@ class EvalData:
     subsets: dict[str, dict[str, list[int]]]
     info: dict[str, Any]
     pretrain_shards: str | None = None
-    check: dict[str, Any] | None = None  # the data check (evaluation/data_check.py), once per call
+    check: dict[str, Any] | None = None  # the data check (evaluation/stages/data_check.py), once per call
 
     @property
     def num_classes(self) -> int:
@@ -80,9 +78,9 @@ def _features(source: ModelSource, data: EvalData, *, out: Path, img_size: int |
 def data_check(data: EvalData, sources: list[ModelSource], *, out: Path, img_size: int | None, batch_size: int,
                num_workers: int, device: str) -> dict[str, Any]:
     """Val against train (and the pretraining shards) on the first export's features: ``OUT/data_check.json``
-    (:mod:`evaluation.data_check`), run once per call and summarised in every stage JSON."""
+    (:mod:`evaluation.stages.data_check`), run once per call and summarised in every stage JSON."""
     if data.check is None:
-        from evaluation.data_check import run_data_check
+        from evaluation.stages.data_check import run_data_check
 
         source = next((s for s in sources if s.kind == "export"), sources[0])
         _, tr, va = _features(source, data, out=out, img_size=img_size, batch_size=batch_size,
@@ -90,16 +88,9 @@ def data_check(data: EvalData, sources: list[ModelSource], *, out: Path, img_siz
         data.check = run_data_check(data.train, data.val, tr.feats, va.feats, out=out, model=source.name,
                                     weights=source.path, pretrain_shards=data.pretrain_shards, img_size=img_size,
                                     batch_size=batch_size, num_workers=num_workers, device=device)
-    from evaluation.data_check import check_summary
+    from evaluation.stages.data_check import check_summary
 
     return check_summary(data.check)
-
-
-def write_stage(out: Path, stage: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Write ``OUT/<stage>.json`` (every stage, detection included) and return ``payload``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stage}.json").write_text(json.dumps(payload, indent=1))
-    return payload
 
 
 def _each_subset(data: EvalData, sources: list[ModelSource], infos: list[dict[str, Any]], **feature_kwargs: Any):
@@ -113,9 +104,10 @@ def _each_subset(data: EvalData, sources: list[ModelSource], infos: list[dict[st
                 yield source, f, s, torch.as_tensor(data.subsets[fraction_key(f)][str(s)]), tr, va
 
 
-def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: tuple[int, ...] = KNN_KS,
-            T: float = KNN_T, img_size: int | None = None, batch_size: int = 128, num_workers: int = 0,
-            device: str = "auto", chunk_size: int = 256) -> dict[str, Any]:
+def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: tuple[int, ...] = DEFAULTS.knn_ks,
+            T: float = DEFAULTS.knn_temperature, img_size: int | None = DEFAULTS.img_size,
+            batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+            device: str = DEFAULTS.device, chunk_size: int = 256) -> dict[str, Any]:
     """DINO weighted kNN for every model, fraction and seed -> ``OUT/knn.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
@@ -132,8 +124,9 @@ def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: 
                                     "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
-               batch_size: int = 128, num_workers: int = 0, device: str = "auto", steps: int = 300) -> dict[str, Any]:
+def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = DEFAULTS.img_size,
+               batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+               device: str = DEFAULTS.device, steps: int = DEFAULTS.linear_steps) -> dict[str, Any]:
     """Linear probe (lr/wd chosen on held-out train labels) for every model, fraction and seed -> ``OUT/linear.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
@@ -150,8 +143,10 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
                                     "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
-                 batch_size: int = 64, num_workers: int = 0, device: str = "auto", steps: int = 100, lr: float = 5e-4,
+def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
+                 img_size: int | None = DEFAULTS.img_size, batch_size: int = DEFAULTS.finetune_batch_size,
+                 num_workers: int = DEFAULTS.num_workers, device: str = DEFAULTS.device,
+                 steps: int = DEFAULTS.finetune_steps, lr: float = DEFAULTS.finetune_lr,
                  weight_decay: float = 0.05, layer_decay: float = 0.65) -> dict[str, Any]:
     """Fine-tune the whole network for every model, fraction and seed -> ``OUT/finetune.json``."""
     out = Path(out)
@@ -166,7 +161,7 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
                 loaded = load_model(source, img_size=img_size)  # fresh weights for every run
                 idx = data.subsets[fraction_key(f)][str(s)]
                 res = finetune(loaded.model, data.train, idx, data.val, num_classes=data.num_classes,
-                               data_config=loaded.data_config, eval_transform=eval_transform(loaded), steps=steps,
+                               data_config=loaded.data_config, eval_transform=model_transform(loaded), steps=steps,
                                batch_size=batch_size, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay,
                                seed=s, num_workers=num_workers, device=dev)
                 runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx), **res})
@@ -179,7 +174,3 @@ def run_finetune(data: EvalData, sources: list[ModelSource], *, out: str | Path,
                                     "seconds": round(time.perf_counter() - t0, 2)})
 
 
-def summarise(values: list[float]) -> tuple[float, float]:
-    """(mean, sample std) of per-seed values; std is 0 for a single seed."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0

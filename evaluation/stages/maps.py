@@ -3,12 +3,12 @@
 For a few val images picked with a fixed seed, every compared model (pretrained next to random init) gets:
 
 - ``attention_maps.png`` (ViTs with a [CLS] token): the last block's [CLS] attention per head and the top-60%
-  mass mask (:mod:`evaluation.attention`, DINO);
+  mass mask (:mod:`evaluation.probes.attention`, DINO);
 - ``pca_features.png`` (any backbone): PCA of the last stage's patch features to RGB with the background dropped
-  (:mod:`evaluation.pca_maps`, DINOv2);
+  (:mod:`evaluation.probes.pca_maps`, DINOv2);
 - ``retrieval.png``: the top-k training images of a few val queries by cosine similarity, correct labels marked
-  (:mod:`evaluation.retrieval`), plus precision@k over the whole val set;
-- ``embedding_2d.png``: the val embeddings projected to 2D, coloured by label (:mod:`evaluation.projection`).
+  (:mod:`evaluation.probes.retrieval`), plus precision@k over the whole val set;
+- ``embedding_2d.png``: the val embeddings projected to 2D, coloured by label (:mod:`evaluation.probes.projection`).
 
 Pooled features come from the feature cache the kNN and linear stages filled, so retrieval and the projection
 cost no extra backbone pass. ``OUT/visual.json`` records what was drawn.
@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.attention import cls_attention, patch_grid, supports_attention_maps, top_mass_mask
-from evaluation.features import cached_features, resolve_device
-from evaluation.models import LoadedModel, ModelSource, load_model
-from evaluation.pca_maps import pca_rgb, spatial_features
-from evaluation.projection import project_2d, resolve_method
-from evaluation.retrieval import nearest_neighbours, precision_at_k
-from evaluation.stages import EvalData
-from evaluation.visual_plots import (plot_attention_maps, plot_embedding_2d, plot_pca_features,
+from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
+from evaluation.loading.features import cached_features, resolve_device
+from evaluation.loading.backbones import LoadedModel, ModelSource, load_model
+from evaluation.probes.pca_maps import pca_rgb, spatial_features
+from evaluation.probes.projection import project_2d, resolve_method
+from evaluation.probes.retrieval import nearest_neighbours, precision_at_k
+from evaluation.stages.classification import EvalData
+from evaluation.figures.maps import (plot_attention_maps, plot_embedding_2d, plot_pca_features,
                                      plot_retrieval)
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
 from selfsup.data.labelled import LabelledImages
@@ -63,10 +63,10 @@ def run_visual(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
     """Draw the section's figures into ``out`` and write ``OUT/visual.json``; returns it.
 
     Args:
-        data: prepared train / val images (:func:`evaluation.stages.prepare_data`).
+        data: prepared train / val images (:func:`evaluation.stages.classification.prepare_data`).
         sources: the models, drawn side by side in this order.
         n_images: val images in the map grids. n_queries, k: retrieval queries and neighbours shown.
-        projection: ``auto | umap | tsne | pca | none`` (see :mod:`evaluation.projection`).
+        projection: ``auto | umap | tsne | pca | none`` (see :mod:`evaluation.probes.projection`).
         seed: picks the images and seeds the projection.
     """
     method = None if projection == "none" else resolve_method(projection)  # fail before any work

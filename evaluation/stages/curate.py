@@ -2,17 +2,17 @@
 
     selfsup-eval curate --weights EXPORT --images POOL [--labels DIR] --out DIR
 
-Works on the export's features of the pool (:func:`evaluation.pool.load_pool`, cached in ``--cache``, default
+Works on the export's features of the pool (:func:`evaluation.loading.pool.load_pool`, cached in ``--cache``, default
 ``OUT/cache``) and writes into ``--out`` only:
 
 - ``duplicates.csv`` (``path_a,path_b,similarity``): identical files (same SHA-256; similarity 1.0) first, then
-  near-duplicates by :mod:`evaluation.duplicates` (cosine >= ``--dup-threshold`` confirmed by the pixels), most
+  near-duplicates by :mod:`evaluation.probes.duplicates` (cosine >= ``--dup-threshold`` confirmed by the pixels), most
   similar first; paths relative to ``--images`` (``SHARD#KEY`` for shards);
 - ``outliers.csv`` (``path,score``): every pool image, lowest density first
-  (:func:`evaluation.cleaning.outlier_scores`);
+  (:func:`evaluation.probes.cleaning.outlier_scores`);
 - with ``--labels DIR`` (an image folder ``DIR/<class>/<image>``, checked on its own features; it may be the pool
   itself or another folder): ``label_issues.csv`` (``path,given_label,suggested_label,score``), the images cleanlab
-  flags, most suspicious first (:func:`evaluation.cleaning.find_label_issues`; paths relative to ``DIR``);
+  flags, most suspicious first (:func:`evaluation.probes.cleaning.find_label_issues`; paths relative to ``DIR``);
 - ``curate.md`` with the counts and image grids (``duplicates.png``, ``outliers.png``, ``label_issues.png``).
 
 ``--out`` must be a new or empty folder or curate's own earlier output (its files are replaced); nothing in the
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.cleaning import find_label_issues, outlier_scores
-from evaluation.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
-from evaluation.embed import iter_images
-from evaluation.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
+from evaluation.probes.cleaning import find_label_issues, outlier_scores
+from evaluation.probes.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
+from evaluation.loading.images import iter_images
+from evaluation.loading.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
 from selfsup.data.decode import decode_rgb
-from evaluation.retrieval import nearest_neighbours
-from selfsup.errors import ConfigError, DataError
+from evaluation.probes.retrieval import nearest_neighbours
+from selfsup.errors import ConfigError
 
 DUPLICATES_FILE, OUTLIERS_FILE, LABEL_ISSUES_FILE, REPORT_FILE = (
     "duplicates.csv", "outliers.csv", "label_issues.csv", "curate.md")
@@ -76,7 +76,7 @@ def _duplicates(pool: Pool, rule: Rule, out: Path) -> dict[str, Any]:
     identical = sum(p.kind == "identical" for p in pairs)
     plot = None
     if pairs:
-        from evaluation.curate_plots import plot_pairs
+        from evaluation.figures.curate import plot_pairs
 
         shown = pairs[:SHOWN["duplicates"]]
         plot = plot_pairs([(pool.image(p.a), pool.keys[p.a], pool.image(p.b), pool.keys[p.b], p.similarity)
@@ -89,7 +89,7 @@ def _outliers(pool: Pool, out: Path) -> dict[str, Any]:
     scores = outlier_scores(pool.feats)
     order = np.argsort(scores, kind="stable")
     _write_csv(out / OUTLIERS_FILE, ["path", "score"], [[pool.keys[i], f"{scores[i]:.6f}"] for i in order])
-    from evaluation.curate_plots import plot_gallery
+    from evaluation.figures.curate import plot_gallery
 
     shown = order[:SHOWN["outliers"]]
     plot = plot_gallery([(pool.image(int(i)), f"{scores[i]:.3f}") for i in shown], out / PLOTS["outliers"]).name
@@ -103,7 +103,7 @@ def _label_issues(lab: Pool, labels: np.ndarray, classes: list[str], out: Path) 
     _write_csv(out / LABEL_ISSUES_FILE, ["path", "given_label", "suggested_label", "score"], rows)
     plot = None
     if len(found.indices):
-        from evaluation.curate_plots import plot_label_issues
+        from evaluation.figures.curate import plot_label_issues
 
         shown = found.indices[:SHOWN["label_issues"]]
         _, nb = nearest_neighbours(lab.feats, lab.feats[shown], k=SHOWN["neighbours"] + 1)

@@ -3,7 +3,7 @@
 Used by ``selfsup-eval curate`` (within a pool) and by the report's data check (val images against train, and
 against the pretraining shards). Each image is described by :class:`Prints`: its features (the export's pooled
 embedding), an exact hash (SHA-256 of the file or of the decoded pixels) and a 64-bit perceptual hash
-(:mod:`evaluation.fingerprints`).
+(:mod:`evaluation.loading.fingerprints`).
 
 The rule (:func:`find_duplicates`):
 
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.fingerprints import hash_distance
-from evaluation.retrieval import nearest_neighbours
+from evaluation.loading.fingerprints import hash_distance
+from evaluation.probes.retrieval import nearest_neighbours
 
 DUP_THRESHOLD = 0.90  # cosine a near-duplicate needs at least (with the pixels' confirmation)
 MAX_HASH_DISTANCE = 10  # perceptual-hash bits (of 64) that may differ for the pixels to confirm

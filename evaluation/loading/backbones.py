@@ -124,7 +124,7 @@ def load_model(source: ModelSource, *, img_size: int | None = None,
             model = timm.create_model(cfg["architecture"], pretrained=False, **args)
         weights_id = f"random_init:{cfg['architecture']}:{json.dumps(args, sort_keys=True)}:{source.seed}"
     elif source.kind == "onnx":
-        from evaluation.onnx_model import OnnxBackbone
+        from evaluation.loading.onnx_model import OnnxBackbone
 
         onnx_path = Path(source.path) / source.file
         model = OnnxBackbone(onnx_path, num_features=int(cfg["num_features"]))

@@ -1,11 +1,11 @@
 """The detection stage: backbones x label fractions x seeds -> COCO AP per run -> ``OUT/detection.json``.
 
 For one ``(fraction, seed)`` every backbone trains on the same images
-(:func:`evaluation.fractions.nested_subset`), in the same order, with the same detector-head
+(:func:`evaluation.loading.fractions.nested_subset`), in the same order, with the same detector-head
 initialisation seed, and is evaluated on the same evaluation split. The backbones are the report's
-(:func:`evaluation.models.model_sources`), loaded the same way. ``detection.json`` has the stage layout
+(:func:`evaluation.loading.backbones.model_sources`), loaded the same way. ``detection.json`` has the stage layout
 (``stage``, ``config``, ``models``, per-seed ``runs``) plus ``rows`` aggregated as the report aggregates
-every stage (:func:`evaluation.report.detection_rows`); AP values are fractions in ``[0, 1]``. The
+every stage (:func:`evaluation.report.build.detection_rows`); AP values are fractions in ``[0, 1]``. The
 format and the flags are in ``docs/detection.md``.
 """
 
@@ -21,20 +21,19 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from evaluation.detection import METRICS, PLOT_FILE
+from evaluation.detection import METRICS
 from evaluation.detection.backbone import PYRAMID_STRIDES, load_detection_body
-from evaluation.data_check import identical_check
+from evaluation.stages.data_check import identical_check
 from evaluation.detection.data import load_detection_dataset, read_image
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.model import build_detector
 from evaluation.detection.train import predict, train_detector
-from evaluation.features import resolve_device
-from evaluation.fractions import nested_subset
-from evaluation.models import ModelSource
-from evaluation.plots import plot_accuracy_vs_fraction
-from evaluation.report import detection_rows
-from evaluation.stages import write_stage
+from evaluation.loading.features import resolve_device
+from evaluation.loading.fractions import nested_subset
+from evaluation.loading.backbones import ModelSource
+from evaluation.results import detection_rows
+from evaluation.results import write_stage
 
 
 def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fractions: list[float],
@@ -43,8 +42,8 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
                   images: str | None = None, val_data: str | None = None, device: str = "auto", log_every: int = 0,
                   command: str = "") -> dict[str, Any]:
     """Fine-tune and evaluate one Faster R-CNN per (source, fraction, seed) on ``data`` (a VOC folder or COCO
-    JSON, :func:`~evaluation.detection.data.load_detection_dataset`); writes ``OUT/detection.json`` and
-    ``OUT/detection_map.png`` and returns the JSON."""
+    JSON, :func:`~evaluation.detection.data.load_detection_dataset`); writes ``OUT/detection.json`` and returns it
+    (the report draws ``detection_map.png`` from it: :func:`evaluation.report.build.plot_detection`)."""
     t0, out, dev = time.perf_counter(), Path(out), resolve_device(device)
     dataset = load_detection_dataset(data, images=images, val_data=val_data)
     print(f"[detect] {dataset.name}: {len(dataset.train)} train / {len(dataset.val)} {dataset.val_split} images, "
@@ -96,11 +95,8 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
         "stage": "detection", "dataset": dataset.name, "classes": list(dataset.classes),
         "val_split": dataset.val_split, "skipped": dataset.skipped, "config": config, "models": list(infos.values()),
         "data_check": check, "command": command, "runs": runs, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)})
-    panel = [{"model": r["model"], "label_fraction": r["label_fraction"], **r["mAP"]} for r in rows]
-    plot_accuracy_vs_fraction([(f"Faster R-CNN on {dataset.name}", panel)], out / PLOT_FILE,
-                              ylabel="box mAP@[.5:.95] (%)")
     for r in rows:
         print(f"{r['model']:>14} fraction={r['label_fraction']:<5g} "
               + " ".join(f"{m}={r[m]['mean']:.4f}±{r[m]['std']:.4f}" for m in METRICS))
-    print(f"[detect] wrote {out / 'detection.json'} and {out / PLOT_FILE}")
+    print(f"[detect] wrote {out / 'detection.json'}")
     return doc

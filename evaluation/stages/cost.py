@@ -12,13 +12,13 @@ subsets and feature cache as ``selfsup-eval report``), and per variant
 - CPU latency at batch 1 (ms) and throughput at batch 32 (images/s), each the median of ``repeats`` timed runs
   after warm-up, with ``threads`` CPU threads (torch ``set_num_threads`` / onnxruntime ``intra_op_num_threads``).
 
-Writes ``DIR/deploy.json``, ``DIR/deploy.md`` and ``DIR/accuracy_vs_latency.png`` (plus the stage JSONs and cache).
+This stage writes ``DIR/deploy.json``; the report renders it (``DIR/deploy.md``, ``DIR/accuracy_vs_latency.png``:
+:mod:`evaluation.report.cost`). The command is :func:`evaluation.pipeline.run_deploy`.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -28,17 +28,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluation.models import ModelSource, load_model, read_config, weights_file
-from evaluation.plots import plot_accuracy_vs_latency
-from evaluation.report import _md_table, aggregate
-from evaluation.stages import prepare_data, run_knn, run_linear
+from evaluation.loading.backbones import ModelSource, load_model, read_config, weights_file
+from evaluation.results import aggregate, load_stage, write_stage
+from evaluation.settings import DEFAULTS
 from selfsup.errors import ConfigError
 from selfsup.onnx_export import INT8_FILE, ONNX_FILE, ort_features, ort_session
 
 DEPLOY_FILE = "deploy.json"
-PLOT_FILE = "accuracy_vs_latency.png"
 THROUGHPUT_BATCH = 32
-KNN_K = 20
+KNN_K = DEFAULTS.knn_k
 VARIANTS = (("torch", ""), ("onnx fp32", ONNX_FILE), ("onnx int8", INT8_FILE))
 
 
@@ -122,68 +120,15 @@ def deploy_rows(costs: list[dict[str, Any]], results: list[dict[str, Any]], frac
     return rows
 
 
-def deploy_table(rows: list[dict[str, Any]], fractions: list[float]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the markdown table."""
-    header = ["model", "params (M)", "MACs/img (M)", "file (MiB)", "latency b=1 (ms)", "throughput b=32 (img/s)"]
-    header += [f"kNN k={KNN_K} {100 * f:g}%" for f in fractions] + [f"linear {100 * f:g}%" for f in fractions]
-    cells = []
-    for r in rows:
-        acc = [r["accuracy"][f"{s}@{f:g}"] for s in ("knn", "linear") for f in fractions]
-        cells.append([r["model"], f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.1f}", f"{r['file_bytes'] / 2**20:.2f}",
-                      f"{r['latency_b1_ms']:.2f}", f"{r['throughput_b32']:.0f}"]
-                     + ["" if a is None else f"{100 * a:.1f}" for a in acc])
-    return header, cells
-
-
-def write_deploy(out: Path, sources: list[ModelSource], *, fractions: list[float], img_size: int | None, threads: int,
-                 repeats: int, command: str = "") -> dict[str, Any]:
-    """Measure every source, join with ``OUT/knn.json`` + ``OUT/linear.json``, write deploy.json/.md and the plot."""
-    results = [row for stage in ("knn", "linear") if (out / f"{stage}.json").is_file()
-               for row in aggregate(stage, json.loads((out / f"{stage}.json").read_text())["runs"])]
+def write_deploy(out: Path, sources: list[ModelSource], *, fractions: list[float], threads: int, repeats: int,
+                 img_size: int | None = None, command: str = "") -> dict[str, Any]:
+    """Measure every source, join with ``OUT/knn.json`` + ``OUT/linear.json``; writes and returns ``deploy.json``."""
+    results = [row for stage in ("knn", "linear") if (doc := load_stage(out, stage)) is not None
+               for row in aggregate(stage, doc["runs"])]
     costs = [measure_cost(s, img_size=img_size, threads=threads, repeats=repeats) for s in sources]
-    rows = deploy_rows(costs, results, fractions)
-    header, cells = deploy_table(rows, fractions)
-    top = max(fractions)
-    points = {f"kNN k={KNN_K}, {100 * top:g}% labels": [(r["model"], r["latency_b1_ms"], r["accuracy"][f"knn@{top:g}"])
-                                                       for r in rows],
-              f"linear probe, {100 * top:g}% labels": [(r["model"], r["latency_b1_ms"], r["accuracy"][f"linear@{top:g}"])
-                                                       for r in rows]}
-    plot_accuracy_vs_latency(points, out / PLOT_FILE, xlabel=f"CPU latency, batch 1, {threads} thread(s) (ms)")
     doc = {"created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": command, "label_fractions": fractions, "threads": threads, "repeats": repeats,
+           "throughput_batch": THROUGHPUT_BATCH, "knn_k": KNN_K,
            "macs_note": "MACs = FLOPs / 2 from torch.utils.flop_counter.FlopCounterMode (matmul, conv, attention)",
-           "rows": rows, "table": {"header": header, "rows": cells}, "plot": PLOT_FILE}
-    (out / DEPLOY_FILE).write_text(json.dumps(doc, indent=1))
-    (out / "deploy.md").write_text("\n".join(
-        ["# Deployment: cost and accuracy\n", "\n".join(f"- {n}" for n in deploy_notes(doc)), "",
-         _md_table(header, cells), "",
-         f"![{PLOT_FILE}]({PLOT_FILE})", ""]))
-    return doc
-
-
-def deploy_notes(doc: dict[str, Any]) -> list[str]:
-    """How the table was measured (markdown list items)."""
-    notes = [f"CPU, {doc['threads']} thread(s); latency = median of {doc['repeats']} runs at batch 1 after warm-up, "
-             f"throughput = {THROUGHPUT_BATCH} / median time of a batch of {THROUGHPUT_BATCH}",
-             doc["macs_note"] + "; an int8 file does the same MACs in int8",
-             f"accuracy: val top-1 %, mean over seeds, kNN k={KNN_K} and linear probe at label fractions "
-             f"{doc['label_fractions']}; `[torch]` is model.safetensors run by torch, `[onnx ...]` by onnxruntime"]
-    if doc["command"]:
-        notes.append(f"command: `{doc['command']}`")
-    return notes
-
-
-def run_deploy(*, weights: str, train: str, val: str, out: str | Path, label_fractions: list[float], seeds: int = 3,
-               max_train: int | None = None, max_val: int | None = None, batch_size: int = 128, num_workers: int = 0,
-               device: str = "auto", img_size: int | None = None, threads: int | None = None, repeats: int = 10,
-               command: str = "") -> dict[str, Any]:
-    """kNN + linear probe for every export and ONNX file, then the cost/accuracy table; returns ``deploy.json``."""
-    out = Path(out)
-    sources = deploy_sources(split_weights(weights))
-    data = prepare_data(train=train, val=val, out=out, label_fractions=label_fractions, seeds=seeds,
-                        max_train=max_train, max_val=max_val)
-    kw = dict(out=out, img_size=img_size, num_workers=num_workers, device=device, batch_size=batch_size)
-    run_knn(data, sources, **kw)
-    run_linear(data, sources, **kw)
-    return write_deploy(out, sources, fractions=label_fractions, img_size=img_size,
-                        threads=threads or torch.get_num_threads(), repeats=repeats, command=command)
+           "rows": deploy_rows(costs, results, fractions)}
+    return write_stage(out, "deploy", doc)
