@@ -14,7 +14,7 @@ import torch
 from selfsup.errors import ConfigError
 from selfsup.export import export
 from selfsup.optim.adamw_state import init_adamw_state
-from selfsup.train.accelerator import _enable_fsdp2_on_cpu
+from selfsup.train.accelerator import enable_fsdp2_on_cpu
 from selfsup.train.checkpoint import list_checkpoints
 from tests.launch_utils import FSDP, ROOT, launch, run, tiny_dino_args, wait_until
 from tests.pipeline_utils import assert_same_weights, last_weights, make_shards
@@ -77,7 +77,7 @@ def test_fsdp_run_exports_to_plain_timm(tmp_path, fsdp_run):
 def test_fsdp1_on_cpu_is_refused_with_a_clear_error(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(ConfigError, match="FSDP_VERSION=1.*fsdp_version: 2"):
-        _enable_fsdp2_on_cpu(None)  # refused before the accelerator is touched
+        enable_fsdp2_on_cpu(None)  # refused before the accelerator is touched
 
 
 def test_eager_adamw_state_changes_no_update():

@@ -86,7 +86,7 @@ def test_throughput_benchmark_times_this_step(tmp_path):
 def test_cpu_threads_are_split_among_processes_not_given_up_to_data_workers(monkeypatch, env, processes, expected):
     """One process keeps torch's threads whatever its data workers (a CPU step outweighs its data); several
     processes on one machine split them; an explicit OMP_NUM_THREADS wins."""
-    from selfsup.train.loop import _cpu_threads
+    from selfsup.train.loop import set_cpu_threads
 
     before = torch.get_num_threads()
     if env is None:
@@ -95,7 +95,7 @@ def test_cpu_threads_are_split_among_processes_not_given_up_to_data_workers(monk
         monkeypatch.setenv("OMP_NUM_THREADS", env)
     try:
         torch.set_num_threads(4)
-        _cpu_threads(processes)
+        set_cpu_threads(processes)
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)

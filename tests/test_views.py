@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter
 
 from selfsup.build import multicrop_transform
 from selfsup.config import ViewsConfig, load_config
-from selfsup.data.stream import _seeded_rngs
+from selfsup.data.stream import seeded_rngs
 from selfsup.data.views import ViewTransform
 from selfsup.errors import ConfigError
 
@@ -49,7 +49,7 @@ def test_same_seed_same_views_other_seed_other_views():
     img = _image()
 
     def seeded(seed: int) -> list[torch.Tensor]:  # the shard stream's seeding (lightly's solarisation draws from numpy)
-        with _seeded_rngs(seed, restore=True):
+        with seeded_rngs(seed, restore=True):
             return t(img)
 
     a, b, c = seeded(3), seeded(3), seeded(4)

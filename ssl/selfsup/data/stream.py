@@ -56,7 +56,7 @@ def stable_seed(*parts: object) -> int:
 
 
 @contextlib.contextmanager
-def _seeded_rngs(seed: int, *, restore: bool) -> Iterator[None]:
+def seeded_rngs(seed: int, *, restore: bool) -> Iterator[None]:
     """Seed torch, ``random`` and numpy (lightly's blur/solarize use it); restore them if asked."""
     if restore:
         saved = (torch.get_rng_state(), random.getstate(), np.random.get_state())
@@ -301,7 +301,7 @@ class ShardStream(IterableDataset):
         if data is None:
             raise BadSample(REASON_NO_IMAGE, f"members: {sorted(k for k in sample if not k.startswith('__'))}")
         img = decode_rgb(data, draft_size=self.draft_size)
-        with _seeded_rngs(stable_seed(self.seed, epoch, sample["__key__"]), restore=restore_rng):
+        with seeded_rngs(stable_seed(self.seed, epoch, sample["__key__"]), restore=restore_rng):
             try:
                 return self.transform(img)
             except Exception as e:  # noqa: BLE001 - one odd image must not stop a run; counted + logged

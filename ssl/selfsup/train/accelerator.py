@@ -74,11 +74,11 @@ def make_accelerator(*, mixed_precision: str, grad_accum: int, device: str, proj
         project_dir=project_dir,
     )
     if cpu and fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
-        _enable_fsdp2_on_cpu(accelerator)
+        enable_fsdp2_on_cpu(accelerator)
     return accelerator
 
 
-def _enable_fsdp2_on_cpu(accelerator: Accelerator) -> None:
+def enable_fsdp2_on_cpu(accelerator: Accelerator) -> None:
     """Switch a gloo (MULTI_CPU) accelerator to FSDP2, configured from the launch config's ``FSDP_*`` variables."""
     version = os.environ.get("FSDP_VERSION", "1")
     if version != "2":

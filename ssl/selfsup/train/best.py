@@ -20,7 +20,7 @@ from selfsup.errors import CheckpointError
 from selfsup.train.checkpoint import (
     COMPLETE,
     NEVER_SHARD,
-    _fsync_dir,
+    fsync_dir,
     checkpoint_dir,
     latest_checkpoint,
     resolve_resume,
@@ -63,7 +63,7 @@ def save_best(accelerator, run_dir: str | Path, model, *, step: int, score: floa
             for name, text in extra_files.items():
                 (tmp / name).write_text(text)
             (tmp / COMPLETE).write_text(json.dumps({"step": step, "score": score, "metric": "knn_top1"}))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if (final / COMPLETE).is_file():
                 shutil.rmtree(prev, ignore_errors=True)
                 os.replace(final, prev)

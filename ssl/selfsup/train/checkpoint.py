@@ -128,7 +128,7 @@ def save_checkpoint(accelerator, run_dir: str | Path, step: int, extra_files: di
             for name, text in extra_files.items():
                 (tmp / name).write_text(text)
             (tmp / COMPLETE).write_text(json.dumps({"step": step}))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -288,7 +288,7 @@ def load_training_state(accelerator, ckpt: Path, model=None, *, exact: bool = Tr
         raise CheckpointError(f"{ckpt}: cannot resume from this checkpoint ({first})") from None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     for f in path.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:

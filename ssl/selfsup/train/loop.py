@@ -46,7 +46,7 @@ from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 log = logging.getLogger("selfsup")
 
 
-def _cpu_threads(local_processes: int) -> None:
+def set_cpu_threads(local_processes: int) -> None:
     """On a CPU, split torch's threads among the training processes of this machine; data workers share the cores.
 
     A CPU step costs far more than decoding and cropping its batch, so reserving a core per data worker idles it:
@@ -90,7 +90,7 @@ def pretrain(cfg: Config, accelerator: Accelerator | None = None) -> dict[str, A
 def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))  # on this machine
     if accelerator.device.type == "cpu":
-        _cpu_threads(local_processes)
+        set_cpu_threads(local_processes)
     run_dir = Path(cfg.run.dir)
     world, rank = accelerator.num_processes, accelerator.process_index
     if accelerator.is_main_process:
