@@ -289,6 +289,7 @@ def load_training_state(accelerator, ckpt: Path, model=None, *, exact: bool = Tr
 
 
 def fsync_dir(path: Path) -> None:
+    """fsync every file directly in ``path`` (a checkpoint folder before its atomic rename)."""
     for f in path.iterdir():
         if f.is_file():
             with open(f, "rb") as fh:
