@@ -49,7 +49,7 @@ def _fresh_accelerate_state():
 @pytest.fixture(scope="session")
 def ddp_shards(tmp_path_factory):
     """32 images in 8 shards: 4 steps per epoch for 2 processes x batch 4 (tests/launch_utils.tiny_dino_args)."""
-    from tests.pipeline_utils import make_shards
+    from tests.fixtures.pipeline import make_shards
 
     return make_shards(tmp_path_factory.mktemp("ddp_data"), n_per_class=16, max_per_shard=4)
 
@@ -58,7 +58,7 @@ def ddp_shards(tmp_path_factory):
 def ddp_uninterrupted(tmp_path_factory, ddp_shards):
     """``tiny_dino_args`` on 2 gloo processes, 8 steps without a stop: what every 2-process run that was interrupted
     and resumed (kill -9, pre-emption, two nodes) must equal, bit for bit."""
-    from tests.launch_utils import run, tiny_dino_args
+    from tests.fixtures.launch import run, tiny_dino_args
 
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     run(*tiny_dino_args(out, ddp_shards, "train.save_every=8"))

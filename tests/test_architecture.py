@@ -131,7 +131,7 @@ def test_data_flows_one_way(layer):
 
 def test_nothing_imports_a_private_name_of_another_module():
     paths = dict(MODULES)
-    paths.update({f"tests.{p.stem}": p for p in (ROOT / "tests").glob("*.py")})
+    paths.update({f"tests.{p.stem}": p for p in (ROOT / "tests").rglob("*.py")})
     paths.update({f"benchmarks.{p.stem}": p for p in (ROOT / "benchmarks").glob("*.py")})
     wrong = [f"{path.relative_to(ROOT)}:{line} imports {what} from {module}"
              for name, path in paths.items() for module, what, line in _imports(name, path)
