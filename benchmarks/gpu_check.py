@@ -1,4 +1,4 @@
-"""The parts of ``benchmarks/gpu_check.sh`` (issue 27: "the first GPU must not be wasted"), one row per measurement.
+"""The parts of ``benchmarks/gpu_check.sh`` ("the first GPU must not be wasted"), one row per measurement.
 
 Every part appends its rows to ``OUT/rows.jsonl``; ``report`` turns them into ``OUT/gpu_check.json`` (a list of
 rows) and ``OUT/gpu_check.md``. Each row has ``name, images_per_s, step_s, mfu, peak_memory_gb, knn_top1, compile,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check (issue 27, "the first GPU must not be wasted"): one command, budgeted for 8 minutes on one H200, writes
+# GPU check ("the first GPU must not be wasted"): one command, budgeted for 8 minutes on one H200, writes
 # OUT/gpu_check.json (a list of rows) and OUT/gpu_check.md (the same rows, torch/CUDA versions, device name).
 #   bash benchmarks/gpu_check.sh [--out DIR]              needs a CUDA device; DIR defaults to runs/gpu_check
 #   bash benchmarks/gpu_check.sh --rehearse --out DIR     every part on the CPU with tiny sizes, in about a minute
