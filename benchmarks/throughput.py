@@ -5,7 +5,7 @@ crops (96) per image; the student sees all crops, the teacher only the global on
 
 Two steps run in the same process, on the same backbone weights, crops and batch:
 
-- **ours**: :class:`selfsup.methods.dino.DINO` stepped by the loop's own :class:`selfsup.train.step.TrainStep`,
+- **ours**: :class:`selfsup.methods._dino_model.DINO` stepped by the loop's own :class:`selfsup.train.step.TrainStep`,
   built by ``prepare_training`` from the config defaults (accelerate, per-group lr/wd, backward, ``clip_grad_norm_``,
   one finite check, freeze hook, fused AdamW, EMA): bf16 autocast on CUDA, SDPA attention (timm's fused
   attention), one backbone pass per crop size, no host sync except the finite check, and optionally
@@ -68,8 +68,9 @@ from lightly.loss import DINOLoss  # noqa: E402
 from lightly.models.modules import DINOProjectionHead  # noqa: E402
 from lightly.models.utils import deactivate_requires_grad, update_momentum  # noqa: E402
 
-from selfsup.config import Config, DINOConfig  # noqa: E402
-from selfsup.methods.dino import DINO  # noqa: E402
+from selfsup.config import Config  # noqa: E402
+from selfsup.methods._dino_model import DINO  # noqa: E402
+from selfsup.methods.dino import DINOConfig  # noqa: E402
 from selfsup.models.backbone import create_backbone  # noqa: E402
 from selfsup.optim.schedules import cosine  # noqa: E402
 from selfsup.train.accelerator import make_accelerator  # noqa: E402

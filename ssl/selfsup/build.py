@@ -10,7 +10,7 @@ from torch import nn
 
 from selfsup.config import Config, DataConfig, ViewsConfig
 from selfsup.models.backbone import create_backbone
-from selfsup.registry import get_builder
+from selfsup.registry import get_spec
 
 
 def make_backbone_fn(cfg: Config, *, pretrained: bool = True):
@@ -23,12 +23,14 @@ def make_backbone_fn(cfg: Config, *, pretrained: bool = True):
 
 
 def build_method(cfg: Config, *, pretrained: bool = True) -> nn.Module:
-    """``method.name`` + its section of the config -> a method module (see :mod:`selfsup.methods.base`)."""
-    builder = get_builder(cfg.method.name)
-    kwargs = dataclasses.asdict(getattr(cfg.method, cfg.method.name))
-    if cfg.method.name == "distill":  # the teacher re-normalises the views from the student's mean/std to its own
-        kwargs.update(view_mean=tuple(cfg.views.mean), view_std=tuple(cfg.views.std))
-    return builder(make_backbone=make_backbone_fn(cfg, pretrained=pretrained), n_global=cfg.views.n_global, **kwargs)
+    """``method.name`` + its section of the config -> a method module (see :mod:`selfsup.methods.base`): the
+    spec's builder gets the section's fields and whatever its ``build_args`` takes from the rest of the config."""
+    spec = get_spec(cfg.method.name)
+    kwargs = dataclasses.asdict(getattr(cfg.method, spec.name))
+    if spec.build_args is not None:
+        kwargs.update(spec.build_args(cfg))
+    return spec.build(make_backbone=make_backbone_fn(cfg, pretrained=pretrained), n_global=cfg.views.n_global,
+                      **kwargs)
 
 
 def build_transform(cfg: Config):

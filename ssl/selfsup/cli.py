@@ -2,7 +2,8 @@
 
     selfsup shard SRC OUT_DIR [--max-per-shard N] [--no-verify] [--overwrite]
     selfsup pretrain CONFIG [key=value ...]        (also: accelerate launch -m selfsup pretrain ...)
-    selfsup distill CONFIG [key=value ...]         = selfsup pretrain CONFIG method.name=distill ...
+    selfsup NAME CONFIG [key=value ...]            = selfsup pretrain CONFIG method.name=NAME ... (a method whose
+                                                   spec has a `command`, e.g. selfsup distill)
     selfsup export RUN_DIR OUT_DIR [export.license=ID] [--onnx] [--int8] [--overwrite]
     selfsup views CONFIG [key=value ...] [--out views.png] [--n 4]   draw the training crops
     selfsup config [CONFIG] [key=value ...]        print the resolved config
@@ -32,8 +33,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_distill(args: argparse.Namespace) -> int:
-    args.overrides = ["method.name=distill", *args.overrides]  # an alias: the same loop, one more method
+def _cmd_method(args: argparse.Namespace) -> int:
+    args.overrides = [f"method.name={args.method}", *args.overrides]  # an alias: the same loop, one more method
     return _cmd_pretrain(args)
 
 
@@ -94,10 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. optim.lr=1e-4 train.batch_size=32")
     p.set_defaults(func=_cmd_pretrain)
 
-    p = sub.add_parser("distill", help="distil a teacher into a student: CONFIG [key=value ...] (pretrain, method.name=distill)")
-    p.add_argument("config", help="YAML config, e.g. configs/distill_cpu.yaml")
-    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. method.distill.teacher=runs/x/export")
-    p.set_defaults(func=_cmd_distill)
+    from selfsup.registry import specs
+
+    for spec in specs().values():  # `selfsup NAME CONFIG ...` = pretrain with method.name=NAME, where a method asks
+        if spec.command:
+            p = sub.add_parser(spec.name, help=spec.command)
+            p.add_argument("config", help="YAML config")
+            p.add_argument("overrides", nargs="*", help=f"dotlist overrides, e.g. method.{spec.name}.* keys")
+            p.set_defaults(func=_cmd_method, method=spec.name)
 
     p = sub.add_parser("export", help="export a run's backbone for timm: RUN_DIR OUT_DIR")
     p.add_argument("run_dir")

@@ -1,9 +1,10 @@
 """Configuration: typed defaults in one place, YAML overrides, CLI dotlist on top.
 
-Every default lives in the dataclasses below (the schema). A YAML file under ``configs/`` overrides a
-few of them, optionally on top of another file named by ``base:``; ``key=value`` pairs from the
-command line come last (DINOv2 style: ``merge(defaults, file, cli)``). The resolved config is saved
-in the run directory. Nothing below the CLI imports omegaconf: :func:`load_config` returns typed
+Every default lives in the dataclasses below (the schema); the ``method`` section is assembled from the method
+registry (:mod:`selfsup.registry`): a ``method.NAME`` section per method, defined in ``selfsup/methods/NAME.py``.
+A YAML file under ``configs/`` overrides a few of them, optionally on top of another file named by ``base:``;
+``key=value`` pairs from the command line come last (DINOv2 style: ``merge(defaults, file, cli)``). The resolved
+config is saved in the run directory. Nothing below the CLI imports omegaconf: :func:`load_config` returns typed
 dataclass objects that are turned into keyword arguments at the edge.
 """
 
@@ -22,17 +23,14 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from selfsup import registry
 from selfsup.config_yaml import read_config_yaml
 from selfsup.errors import ConfigError
 
-METHODS = ("dino", "dinov2", "mocov3", "moby", "simclr", "distill")
-MULTI_CROP_METHODS = ("dino", "dinov2", "distill")  # any number of views; the others take exactly 2
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
 ON_COLLAPSE = ("stop", "warn")
-DISTILL_LOSSES = ("seed", "cosine", "mse")
-CENTERS = ("mean", "sinkhorn_knopp")  # method.dino.center, method.dinov2.center (selfsup.methods._centering)
 ON_PLATEAU = ("warn", "stop")
 
 
@@ -102,108 +100,19 @@ class ModelConfig:
     pretrained: Any = False
 
 
-@dataclass
-class DINOConfig:
-    """DINO (Caron et al. 2021) head and loss; defaults from the paper's ViT-S/16 recipe."""
-
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = False
-    batch_norm: bool = False  # BatchNorm in the head's hidden layers (lightly's CIFAR-10 benchmark turns it on)
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: float = 30
-    center_momentum: float = 0.9
-    momentum_teacher: float = 0.996  # cosine to 1.0
-    freeze_last_layer_epochs: float = 1
-    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-view embeddings (DINOv2: 0.1)
-    # mean (DINO's EMA center) | sinkhorn_knopp (DINOv2's teacher: every prototype used equally in each batch)
-    center: str = "mean"
+def method_config() -> type:
+    """``MethodConfig``: ``name`` (one of the registered methods, default :data:`selfsup.registry.DEFAULT`) and a
+    ``method.NAME`` section per registered method, in the registry's order."""
+    specs = registry.specs()
+    fields: list[tuple[str, Any, Any]] = [("name", str, field(default=registry.DEFAULT))]
+    fields += [(spec.name, spec.config, field(default_factory=spec.config)) for spec in specs.values()]
+    cls = dataclasses.make_dataclass("MethodConfig", fields, namespace={
+        "__doc__": f"method.name (one of: {', '.join(specs)}) and the section of each method."})
+    cls.__module__ = __name__  # make_dataclass's `module` argument needs Python 3.12
+    return cls
 
 
-@dataclass
-class DINOv2Config:
-    """DINOv2 (Oquab et al. 2023): DINO + iBOT masked-patch + KoLeo losses, Sinkhorn-Knopp centering; defaults from
-    the paper's ViT recipe (dinov2/configs/ssl_default_config.yaml). Needs a ViT backbone (patch tokens to mask)."""
-
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    batch_norm: bool = False  # BatchNorm in the heads' hidden layers
-    separate_ibot_head: bool = False  # false: the DINO head also scores the masked patch tokens
-    ibot_out_dim: int = 65536  # prototypes of a separate iBOT head
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04
-    teacher_temp: float = 0.07
-    warmup_teacher_temp_epochs: float = 30
-    center: str = "sinkhorn_knopp"  # sinkhorn_knopp | mean (as method.dino.center)
-    center_momentum: float = 0.9  # center=mean only
-    momentum_teacher: float = 0.992  # cosine to 1.0
-    freeze_last_layer_epochs: float = 1
-    koleo_weight: float = 0.1
-    ibot_weight: float = 1.0
-    mask_probability: float = 0.5  # share of global crops masked
-    mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # share of a masked crop's patch tokens
-
-
-@dataclass
-class MoCoV3Config:
-    """MoCo v3 (Chen, Xie, He 2021)."""
-
-    proj_hidden_dim: int = 4096
-    out_dim: int = 256
-    pred_hidden_dim: int = 4096
-    temperature: float = 0.2
-    momentum: float = 0.99  # cosine to 1.0
-    freeze_patch_embed: bool = True  # the paper's stability trick: random, frozen patch projection
-
-
-@dataclass
-class MoBYConfig:
-    """MoBY (Xie et al. 2021)."""
-
-    proj_hidden_dim: int = 4096
-    out_dim: int = 256
-    pred_hidden_dim: int = 4096
-    temperature: float = 0.2
-    momentum: float = 0.99  # cosine to 1.0
-    queue_size: int = 4096
-    target_drop_path_rate: float = 0.0  # asymmetric drop path: online uses model.drop_path_rate
-
-
-@dataclass
-class SimCLRConfig:
-    """SimCLR (Chen et al. 2020)."""
-
-    proj_hidden_dim: int = 2048
-    out_dim: int = 128
-    temperature: float = 0.1
-
-
-@dataclass
-class DistillConfig:
-    """Distillation of a frozen teacher into ``model.name`` (SEED, Fang et al. 2021; LightlyTrain v1)."""
-
-    teacher: str = ""  # a `selfsup export` folder, local-dir:FOLDER, or a timm name with pretrained weights
-    teacher_args: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs for the teacher
-    teacher_size: int = 0  # the teacher's input side: views are resized to it; 0 = the views as they are
-    loss: str = "seed"  # seed (similarity distributions over a queue, KL) | cosine | mse (feature losses)
-    queue_size: int = 4096  # teacher embeddings kept for loss=seed
-    student_temp: float = 0.07
-    teacher_temp: float = 0.07
-
-
-@dataclass
-class MethodConfig:
-    name: str = "dino"  # one of METHODS
-    dino: DINOConfig = field(default_factory=DINOConfig)
-    dinov2: DINOv2Config = field(default_factory=DINOv2Config)
-    mocov3: MoCoV3Config = field(default_factory=MoCoV3Config)
-    moby: MoBYConfig = field(default_factory=MoBYConfig)
-    simclr: SimCLRConfig = field(default_factory=SimCLRConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+MethodConfig = method_config()
 
 
 @dataclass
@@ -279,18 +188,18 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[dict]:
-    """Read a YAML file and the chain of ``base:`` files it names, base first."""
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """Read a YAML file and the chain of ``base:`` files it names, base first: (source, data) pairs."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'base' forms a cycle")
     data = read_config_yaml(path)
     base = data.pop("base", None)
-    chain: list[dict] = []
+    chain: list[tuple[str, dict]] = []
     if base is not None:
         chain = _read_yaml((path.parent / str(base)), seen + (path.resolve(),))
-    return chain + [(str(path), data)]  # type: ignore[list-item]
+    return chain + [(str(path), data)]
 
 
 def _valid_keys(node: Any) -> str:
@@ -335,7 +244,7 @@ def load_config(files: list[str | Path] | str | Path | None = None, overrides: l
         files = [files]
     cfg: DictConfig = OmegaConf.structured(Config)
     for f in files:
-        for source, data in _read_yaml(Path(f)):  # type: ignore[misc]
+        for source, data in _read_yaml(Path(f)):
             cfg = _merge(cfg, data, source)
     given: dict[str, str] = {}  # key -> the override that set it
     for item in overrides or []:
@@ -361,13 +270,9 @@ def load_config(files: list[str | Path] | str | Path | None = None, overrides: l
     return obj
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"bad value for '{key}': '{value}' (expected one of: {', '.join(choices)})")
-
-
 # Valid ranges of numeric keys ("[" / "]" include the end, "(" / ")" exclude it); a list's items each. NaN is in
 # no range. Keys that must be > 0 are in `positive` in validate(); any other float must at least be finite.
+# The methods' ranges are in their specs (all_ranges()).
 RANGES = {
     "run.seed": "[0, inf)", "data.samples_per_epoch": "[0, inf)", "data.shuffle_buffer": "[0, inf)",
     "data.shard_interleave": "[1, inf)", "data.num_workers": "[0, inf)", "data.max_bad_fraction": "[0, 1]",
@@ -376,34 +281,28 @@ RANGES = {
     "views.hflip_prob": "[0, 1]", "views.vflip_prob": "[0, 1]", "views.rot90_prob": "[0, 1]", "views.cj_prob": "[0, 1]",
     "views.cj_strength": "[0, inf)", "views.gray_prob": "[0, 1]",
     "model.drop_path_rate": "[0, 1)",
-    "method.dino.out_dim": "[1, inf)", "method.dino.hidden_dim": "[1, inf)", "method.dino.bottleneck_dim": "[1, inf)",
-    "method.dino.student_temp": "(0, inf)", "method.dino.warmup_teacher_temp": "(0, inf)",
-    "method.dino.teacher_temp": "(0, inf)", "method.dino.warmup_teacher_temp_epochs": "[0, inf)",
-    "method.dino.center_momentum": "[0, 1]", "method.dino.momentum_teacher": "[0, 1]",
-    "method.dino.freeze_last_layer_epochs": "[0, inf)", "method.dino.koleo_weight": "[0, inf)",
-    "method.dinov2.out_dim": "[1, inf)", "method.dinov2.hidden_dim": "[1, inf)",
-    "method.dinov2.bottleneck_dim": "[1, inf)", "method.dinov2.ibot_out_dim": "[1, inf)",
-    "method.dinov2.student_temp": "(0, inf)", "method.dinov2.warmup_teacher_temp": "(0, inf)",
-    "method.dinov2.teacher_temp": "(0, inf)", "method.dinov2.warmup_teacher_temp_epochs": "[0, inf)",
-    "method.dinov2.center_momentum": "[0, 1]", "method.dinov2.momentum_teacher": "[0, 1]",
-    "method.dinov2.freeze_last_layer_epochs": "[0, inf)", "method.dinov2.koleo_weight": "[0, inf)",
-    "method.dinov2.ibot_weight": "[0, inf)", "method.dinov2.mask_probability": "[0, 1]",
-    "method.dinov2.mask_ratio": "[0, 1]",
-    "method.mocov3.proj_hidden_dim": "[1, inf)", "method.mocov3.out_dim": "[1, inf)",
-    "method.mocov3.pred_hidden_dim": "[1, inf)", "method.mocov3.temperature": "(0, inf)",
-    "method.mocov3.momentum": "[0, 1]",
-    "method.moby.proj_hidden_dim": "[1, inf)", "method.moby.out_dim": "[1, inf)",
-    "method.moby.pred_hidden_dim": "[1, inf)", "method.moby.temperature": "(0, inf)", "method.moby.momentum": "[0, 1]",
-    "method.moby.queue_size": "[1, inf)", "method.moby.target_drop_path_rate": "[0, 1)",
-    "method.simclr.proj_hidden_dim": "[1, inf)", "method.simclr.out_dim": "[1, inf)",
-    "method.simclr.temperature": "(0, inf)",
-    "method.distill.teacher_size": "[0, inf)", "method.distill.queue_size": "[0, inf)",
-    "method.distill.student_temp": "(0, inf)", "method.distill.teacher_temp": "(0, inf)",
     "optim.min_lr": "[0, inf)", "optim.warmup_epochs": "[0, inf)", "optim.weight_decay": "[0, inf)",
     "optim.weight_decay_end": "[0, inf)", "optim.betas": "[0, 1)", "optim.clip_grad": "[0, inf)",
     "train.epochs": "[0, inf)", "train.max_steps": "[1, inf)", "train.save_every": "[0, inf)",
     "train.max_bad_steps": "[1, inf)", "train.plateau_steps": "[0, inf)", "train.plateau_tolerance": "(0, 1)",
 }
+
+
+def all_ranges() -> dict[str, str]:
+    """:data:`RANGES` and every registered method's ranges (``method.NAME.KEY``), in the schema's section order."""
+    method = {f"method.{spec.name}.{key}": interval
+              for spec in registry.specs().values() for key, interval in spec.ranges.items()}
+    out: dict[str, str] = {}
+    for section in dataclasses.fields(Config):
+        if section.name == "method":
+            out.update(method)
+        out.update({k: v for k, v in RANGES.items() if k.split(".")[0] == section.name})
+    return out
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"bad value for '{key}': '{value}' (expected one of: {', '.join(choices)})")
 
 
 def _check_range(key: str, value: Any, interval: str) -> None:
@@ -437,33 +336,60 @@ def _floats(node: Any, key: str) -> Iterator[tuple[str, float]]:
 
 
 def _check_numbers(cfg: Config) -> None:
-    """Each key of ``RANGES`` in its range, and no NaN or infinity anywhere."""
-    for key, interval in RANGES.items():
+    """Each key of :func:`all_ranges` in its range, and no NaN or infinity anywhere."""
+    for key, interval in all_ranges().items():
         _check_range(key, functools.reduce(getattr, key.split("."), cfg), interval)
     for key, value in _floats(cfg, ""):
         if not math.isfinite(value):
             raise ConfigError(f"bad value for '{key}': {value} (expected a finite number)")
 
 
+def _check_methods(cfg: Config) -> None:
+    """Each registered method's section: its choices, then its own check (every section, whichever method runs)."""
+    for spec in registry.specs().values():
+        section = getattr(cfg.method, spec.name)
+        for key, choices in spec.choices.items():
+            _choice(f"method.{spec.name}.{key}", getattr(section, key), choices)
+        if spec.check is not None:
+            spec.check(section)
+
+
+def _check_views(cfg: Config, spec: registry.MethodSpec) -> None:
+    """The views the method ``spec`` takes, and the shape of the ``views`` lists."""
+    v = cfg.views
+    if v.n_global < 1 or v.n_local < 0:
+        raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
+    if not spec.multi_crop and (v.n_global != 2 or v.n_local != 0):
+        raise ConfigError(
+            f"bad value for 'views.n_global'/'views.n_local': {spec.name} takes exactly 2 views "
+            f"(views.n_global=2 views.n_local=0), got {v.n_global} + {v.n_local}"
+        )
+    if v.n_global + v.n_local < spec.min_views:
+        raise ConfigError(f"views: {spec.name} needs at least {spec.min_views} views in total "
+                          f"(views.n_global + views.n_local >= {spec.min_views})")
+    if len(v.blur_probs) != 3 or not all(0 <= p <= 1 for p in v.blur_probs):
+        raise ConfigError(f"bad value for 'views.blur_probs': {v.blur_probs} (expected 3 probabilities: "
+                          "first global, other global, local views)")
+    for key in ("mean", "std"):
+        if len(getattr(v, key)) != 3:
+            raise ConfigError(f"bad value for 'views.{key}': {getattr(v, key)} (expected 3 values, one per "
+                              "RGB channel)")
+    for key in ("global_crop_scale", "local_crop_scale"):
+        lo, hi = getattr(v, key)
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"bad value for 'views.{key}': [{lo}, {hi}] (expected 0 < min <= max <= 1)")
+
+
 def validate(cfg: Config) -> None:
     """Check values that the types alone cannot: choices, ranges and combinations."""
     _check_numbers(cfg)
-    _choice("method.name", cfg.method.name, METHODS)
+    spec = registry.get_spec(cfg.method.name)
     _choice("train.mixed_precision", cfg.train.mixed_precision, MIXED_PRECISION)
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
     _choice("train.on_collapse", cfg.train.on_collapse, ON_COLLAPSE)
     _choice("train.on_plateau", cfg.train.on_plateau, ON_PLATEAU)
-    _choice("method.distill.loss", cfg.method.distill.loss, DISTILL_LOSSES)
-    _choice("method.dino.center", cfg.method.dino.center, CENTERS)
-    _choice("method.dinov2.center", cfg.method.dinov2.center, CENTERS)
-    ratio = cfg.method.dinov2.mask_ratio
-    if len(ratio) != 2 or not ratio[0] <= ratio[1]:
-        raise ConfigError(f"bad value for 'method.dinov2.mask_ratio': {cfg.method.dinov2.mask_ratio} (expected "
-                          "[min, max] with 0 <= min <= max <= 1)")
-    if cfg.method.distill.loss == "seed" and cfg.method.distill.queue_size < 1:
-        raise ConfigError(f"bad value for 'method.distill.queue_size': {cfg.method.distill.queue_size} "
-                          "(expected >= 1 for method.distill.loss=seed)")
+    _check_methods(cfg)
     if not isinstance(cfg.model.pretrained, (bool, str)) or cfg.model.pretrained == "":
         raise ConfigError(f"bad value for 'model.pretrained': {cfg.model.pretrained!r} (expected false, true, or the "
                           "path of a selfsup export, a local-dir: folder or a .safetensors file)")
@@ -488,26 +414,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"bad value for '{key}': {value} (expected a number > 0)")
     if cfg.train.epochs <= 0 and not cfg.train.max_steps:
         raise ConfigError("bad value for 'train.epochs': expected > 0 (or set train.max_steps)")
-    if cfg.views.n_global < 1 or cfg.views.n_local < 0:
-        raise ConfigError("bad value for 'views.n_global'/'views.n_local': need n_global >= 1 and n_local >= 0")
-    if cfg.method.name not in MULTI_CROP_METHODS and (cfg.views.n_global != 2 or cfg.views.n_local != 0):
-        raise ConfigError(
-            f"bad value for 'views.n_global'/'views.n_local': {cfg.method.name} takes exactly 2 views "
-            f"(views.n_global=2 views.n_local=0), got {cfg.views.n_global} + {cfg.views.n_local}"
-        )
-    if cfg.views.n_global + cfg.views.n_local < 2 and cfg.method.name != "distill":  # distill: any view count
-        raise ConfigError("views: need at least two views in total (views.n_global + views.n_local >= 2)")
-    if len(cfg.views.blur_probs) != 3 or not all(0 <= p <= 1 for p in cfg.views.blur_probs):
-        raise ConfigError(f"bad value for 'views.blur_probs': {cfg.views.blur_probs} (expected 3 probabilities: "
-                          "first global, other global, local views)")
-    for key in ("mean", "std"):
-        if len(getattr(cfg.views, key)) != 3:
-            raise ConfigError(f"bad value for 'views.{key}': {getattr(cfg.views, key)} (expected 3 values, one per "
-                              "RGB channel)")
-    for key in ("global_crop_scale", "local_crop_scale"):
-        lo, hi = getattr(cfg.views, key)
-        if not 0 < lo <= hi <= 1:
-            raise ConfigError(f"bad value for 'views.{key}': [{lo}, {hi}] (expected 0 < min <= max <= 1)")
+    _check_views(cfg, spec)
     patch = cfg.model.args.get("patch_size")
     if patch:
         sizes = [("views.global_crop_size", cfg.views.global_crop_size)]
@@ -529,7 +436,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def config_hash(cfg: Config) -> str:
-    """A short, stable hash of the resolved config (recorded in exports and checkpoints)."""
+    """A short, stable hash of the resolved config (recorded in exports and checkpoints): the sorted JSON of
+    :func:`to_dict`, so neither the order of the sections nor that of the methods changes it."""
     blob = json.dumps(to_dict(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from selfsup import registry
 from selfsup.config import Config
 from selfsup.train.report import collapse_signals
 
@@ -27,16 +28,13 @@ CARD_FILE = "README.md"
 METRICS_FILE = "metrics.jsonl"
 EVAL_START = "<!-- selfsup-eval report: start -->"
 EVAL_END = "<!-- selfsup-eval report: end -->"
-# method -> (paper, arXiv id): the Hub links ``arxiv:`` tags to the paper page
-PAPERS = {
-    "dino": ("DINO: Emerging Properties in Self-Supervised Vision Transformers (Caron et al. 2021)", "2104.14294"),
-    "dinov2": ("DINOv2: Learning Robust Visual Features without Supervision (Oquab et al. 2023)", "2304.07193"),
-    "mocov3": ("MoCo v3: An Empirical Study of Training Self-Supervised Vision Transformers (Chen, Xie, He 2021)",
-               "2104.02057"),
-    "moby": ("MoBY: Self-Supervised Learning with Swin Transformers (Xie et al. 2021)", "2105.04553"),
-    "simclr": ("SimCLR: A Simple Framework for Contrastive Learning of Visual Representations (Chen et al. 2020)",
-               "2002.05709"),
-}
+
+
+def paper(method: str) -> tuple[str, str] | None:
+    """(title, arXiv id) of ``method.name``'s paper (its spec's ``paper``): the Hub links ``arxiv:`` tags to the
+    paper page. None for a method without one, or one this version no longer registers."""
+    spec = registry.specs().get(method)
+    return spec.paper if spec is not None else None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -100,8 +98,9 @@ def front_matter(cfg: Config, license: str | None) -> dict[str, Any]:
         meta["license"] = license
     meta["pipeline_tag"] = "image-feature-extraction"
     tags = ["image-feature-extraction", "timm", "transformers", "self-supervised", "selfsup", cfg.method.name]
-    if cfg.method.name in PAPERS:
-        tags.append(f"arxiv:{PAPERS[cfg.method.name][1]}")
+    cited = paper(cfg.method.name)
+    if cited is not None:
+        tags.append(f"arxiv:{cited[1]}")
     meta["tags"] = tags
     return meta
 
@@ -147,7 +146,7 @@ def render_card(config: dict[str, Any], cfg: Config, facts: dict[str, Any], *, l
     """
     sb, pcfg = config["selfsup"], config["pretrained_cfg"]
     arch, method = config["architecture"], cfg.method.name
-    paper = PAPERS.get(method, (method, ""))[0]
+    title = (paper(method) or (method, ""))[0]
     args = ", ".join(f"{k}={_fmt(v)}" for k, v in (config.get("model_args") or {}).items())
     size = pcfg["input_size"]
     v = cfg.views
@@ -165,7 +164,7 @@ def render_card(config: dict[str, Any], cfg: Config, facts: dict[str, Any], *, l
     lines = [
         "---", yaml.safe_dump(front_matter(cfg, license), sort_keys=False).rstrip(), "---", "",
         f"# {name}: {method} {arch}", "",
-        f"A `{arch}` backbone pretrained with {paper}, self-supervised (no labels), with selfsup, "
+        f"A `{arch}` backbone pretrained with {title}, self-supervised (no labels), with selfsup, "
         f"{_initialisation(cfg)}. Weights tag `{pcfg['tag']}`"
         + (f", license `{license}`." if license else "; no license was stated by its author (`export.license`)."),
         "",

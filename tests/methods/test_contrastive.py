@@ -12,12 +12,15 @@ from timm.layers import DropPath
 from torch import nn
 
 from selfsup.build import build_method
-from selfsup.config import MoBYConfig, MoCoV3Config, SimCLRConfig, load_config
+from selfsup.config import load_config
 from selfsup.errors import ConfigError
+from selfsup.methods._moby_model import MoBY
+from selfsup.methods._mocov3_model import MoCoV3
+from selfsup.methods._simclr_model import SimCLR
 from selfsup.methods.base import Method
-from selfsup.methods.moby import MoBY, build_moby
-from selfsup.methods.mocov3 import MoCoV3
-from selfsup.methods.simclr import SimCLR
+from selfsup.methods.moby import MoBYConfig, build_moby
+from selfsup.methods.mocov3 import MoCoV3Config
+from selfsup.methods.simclr import SimCLRConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.optim.param_groups import param_groups
 from selfsup.registry import get_builder

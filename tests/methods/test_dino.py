@@ -7,11 +7,11 @@ import pytest
 import torch
 from lightly.models.modules import DINOProjectionHead
 
-from selfsup.config import DINOConfig
-from selfsup.methods import dino as dino_module
+import selfsup.methods._dino_model as dino_module
 from selfsup.methods._dino_head import head_over_batches
 from selfsup.methods.base import Method
-from selfsup.methods.dino import DINO
+from selfsup.methods._dino_model import DINO
+from selfsup.methods.dino import DINOConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.models.multicrop import forward_multicrop, group_by_resolution
 from selfsup.optim.param_groups import param_groups

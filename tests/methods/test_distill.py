@@ -12,11 +12,12 @@ import torch
 
 from selfsup.build import build_method
 from selfsup.cli import main
-from selfsup.config import DistillConfig, load_config
+from selfsup.config import load_config
 from selfsup.errors import ConfigError
 from selfsup.export import export
 from selfsup.methods.base import Method, StepContext
-from selfsup.methods.distill import Distill, feature_loss, seed_loss
+from selfsup.methods._distill_model import Distill, feature_loss, seed_loss
+from selfsup.methods.distill import DistillConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.models.teacher import FrozenTeacher, load_teacher
 from selfsup.optim.param_groups import param_groups

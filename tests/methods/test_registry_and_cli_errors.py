@@ -57,18 +57,25 @@ def test_run_cli_keeps_the_traceback_of_a_bug():
 
 def test_a_missing_dependency_of_a_method_surfaces_as_an_import_error(monkeypatch):
     """A method whose module cannot import (here: its ``_queue`` dependency is missing) must not read as
-    "unknown method 'moby'": the ImportError names what is missing."""
-    monkeypatch.setattr(registry, "METHODS", {})
-    monkeypatch.delitem(sys.modules, "selfsup.methods.moby", raising=False)
+    "unknown method 'moby'": the ImportError names what is missing. The builder imports the method's module."""
+    monkeypatch.delitem(sys.modules, "selfsup.methods._moby_model", raising=False)
     monkeypatch.setitem(sys.modules, "selfsup.methods._queue", None)  # import of it raises ModuleNotFoundError
+    assert "moby" in registry.specs()  # the spec (config, ranges) needs none of it
     with pytest.raises(ModuleNotFoundError, match="selfsup.methods._queue"):
-        registry.get_builder("moby")
+        registry.get_builder("moby")(make_backbone=None, n_global=2, target_drop_path_rate=0.0)
 
 
 def test_unknown_method_is_a_config_error_and_other_methods_still_build(monkeypatch):
-    monkeypatch.setattr(registry, "METHODS", {})
-    with pytest.raises(ConfigError, match="'method.name': 'byol'.*dino, dinov2, mocov3, moby, simclr, distill"):
+    with pytest.raises(ConfigError, match="'method.name': 'byol'.*dino, dinov2, distill, moby, mocov3, simclr"):
         registry.get_builder("byol")
     monkeypatch.setitem(sys.modules, "selfsup.methods._queue", None)  # moby's dependency is missing ...
-    monkeypatch.delitem(sys.modules, "selfsup.methods.simclr", raising=False)
-    assert registry.get_builder("simclr").__name__ == "build_simclr"  # ... SimCLR does not need it
+    monkeypatch.delitem(sys.modules, "selfsup.methods._simclr_model", raising=False)
+    build = registry.get_builder("simclr")
+    assert build.__name__ == "build_simclr"  # ... SimCLR does not need it
+    from selfsup.models.backbone import create_backbone
+    from tests.conftest import TINY_VIT
+
+    simclr = build(make_backbone=lambda: create_backbone(TINY_VIT["name"], model_args=TINY_VIT["model_args"]),
+                   n_global=2, proj_hidden_dim=8, out_dim=4, temperature=0.1)
+    assert type(simclr).__name__ == "SimCLR"
+

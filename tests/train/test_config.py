@@ -33,7 +33,7 @@ def test_base_chain_and_overrides():
     [
         ("optim.foo=1", "unknown config key 'optim.foo' (valid keys in optim: lr,"),
         ("optim.lr=abc", "'optim.lr'"),
-        ("method.name=byol", "expected one of: dino, dinov2, mocov3, moby, simclr"),
+        ("method.name=byol", "expected one of: dino, dinov2, distill, moby, mocov3, simclr"),
         ("views.global_crop_size=60", "not divisible by model.args.patch_size=8"),
         ("train.mixed_precision=fp8", "expected one of: no, bf16, fp16"),
         ("train.batch_size=0", "'train.batch_size'"),

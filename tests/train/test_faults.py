@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from selfsup.cli import main as cli_main
 from selfsup.errors import CheckpointError, TrainingError
-from selfsup.methods.dino import DINO
+from selfsup.methods._dino_model import DINO
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints
 from selfsup.train.loop import pretrain
 from tests.fixtures.pipeline import last_weights, make_shards, tiny_config

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from lightly.loss import NTXentLoss
 
 from selfsup.methods._queue import KeyQueue
-from selfsup.methods.mocov3 import contrastive_loss
+from selfsup.methods._mocov3_model import contrastive_loss
 from tests.fixtures.launch import free_port
 
 WORLD, B, D = 2, 4, 8

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from selfsup.errors import TrainingError
-from selfsup.methods.simclr import SimCLR
+from selfsup.methods._simclr_model import SimCLR
 from selfsup.models.backbone import create_backbone
 from selfsup.train.loop import pretrain
 from selfsup.train.plateau import PlateauWatch, plateau_reason
@@ -33,7 +33,7 @@ def test_plateau_reason_names_the_teacher_entropy_then_the_loss():
 
 
 def test_watch_fires_once_after_the_stretch_and_resets_when_the_run_moves(caplog):
-    watch = PlateauWatch(steps=20, tolerance=0.05, action="warn", start_step=10)
+    watch = PlateauWatch(steps=20, tolerance=0.05, action="warn", start_step=10, method="dino")
     with caplog.at_level(logging.WARNING, logger="selfsup"):
         assert watch.observe(10, UNIFORM) is None  # still in the warmup
         lines = [watch.observe(step, UNIFORM) for step in range(15, 60, 5)]
@@ -43,14 +43,15 @@ def test_watch_fires_once_after_the_stretch_and_resets_when_the_run_moves(caplog
     assert sum("plateau since" in r.message for r in caplog.records) == 1
     assert watch.observe(60, {**UNIFORM, "teacher_entropy": 4.0, "loss": 4.0}) is None  # left the plateau
     assert watch.since is None
-    assert PlateauWatch(steps=0, tolerance=0.05, action="stop", start_step=0).observe(100, UNIFORM) is None  # off
+    off = PlateauWatch(steps=0, tolerance=0.05, action="stop", start_step=0, method="dino")
+    assert off.observe(100, UNIFORM) is None  # off
     other = PlateauWatch(steps=1, tolerance=0.05, action="warn", start_step=0, method="dinov2")
     other.observe(1, UNIFORM)
     assert "method.dinov2.teacher_temp" in other.observe(2, UNIFORM)  # the keys of the method that runs
 
 
 def test_stop_raises_one_line():
-    watch = PlateauWatch(steps=10, tolerance=0.05, action="stop", start_step=0)
+    watch = PlateauWatch(steps=10, tolerance=0.05, action="stop", start_step=0, method="dino")
     watch.observe(5, UNIFORM)
     with pytest.raises(TrainingError) as e:
         watch.observe(15, UNIFORM)

@@ -14,7 +14,7 @@ from accelerate import Accelerator
 
 from selfsup.config import load_config
 from selfsup.errors import Preempted
-from selfsup.methods.dino import DINO
+from selfsup.methods._dino_model import DINO
 from selfsup.train.checkpoint import list_checkpoints, read_checkpoint_weights
 from selfsup.train.loop import pretrain
 from selfsup.train.preempt import PREEMPTED_EXIT

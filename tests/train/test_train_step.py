@@ -7,9 +7,10 @@ import dataclasses
 import pytest
 import torch
 
-from selfsup.config import Config, DINOConfig
+from selfsup.config import Config
 from selfsup.errors import TrainingError
-from selfsup.methods.dino import DINO
+from selfsup.methods._dino_model import DINO
+from selfsup.methods.dino import DINOConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.train.accelerator import make_accelerator
 from selfsup.train.state import TrainState

@@ -6,9 +6,12 @@ code that builds or calls a method directly.
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from selfsup.errors import ConfigError
+
+if TYPE_CHECKING:  # imported by the method specs, which a config reads: no torch at import
+    from torch import Tensor
 
 
 def require_two_global_views(method: str, n_global: int) -> None:

@@ -8,11 +8,10 @@ method runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from torch import Tensor, nn
-
-from selfsup.optim.schedules import cosine
+if TYPE_CHECKING:  # the method registry imports this module while a config is read: no torch at import
+    from torch import Tensor, nn
 
 
 @dataclass(frozen=True)

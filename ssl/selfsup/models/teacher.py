@@ -1,6 +1,6 @@
 """The frozen teacher of distillation: a timm model loaded from an export folder or by name, never trained.
 
-``method.distill.teacher`` names it, in one of three forms:
+A config key names it (distillation's ``method.distill.teacher``; errors name that key), in one of three forms:
 
 - a folder written by ``selfsup export`` (or any timm ``save_for_hf`` folder): ``runs/x/export``;
 - the same with timm's prefix: ``local-dir:runs/x/export``;
@@ -27,15 +27,15 @@ from torch import Tensor, nn
 from selfsup.errors import ConfigError
 from selfsup.models.backbone import embed_dim
 
-KEY = "method.distill.teacher"
 EXPECTED = "expected a `selfsup export` folder, local-dir:FOLDER, or a timm model name with pretrained weights"
 
 
-def teacher_name(spec: str) -> str:
-    """The ``timm.create_model`` name for ``spec``, or a one-line :class:`ConfigError` naming the key."""
+def teacher_name(spec: str, key: str = "teacher") -> str:
+    """The ``timm.create_model`` name for ``spec``, or a one-line :class:`ConfigError` naming ``key`` (the config key
+    that gave ``spec``)."""
     spec = spec.strip()
     if not spec:
-        raise ConfigError(f"'{KEY}' is empty ({EXPECTED})")
+        raise ConfigError(f"'{key}' is empty ({EXPECTED})")
     if spec.startswith("hf-hub:") or spec.startswith("timm/"):
         return spec
     is_local = spec.startswith("local-dir:")
@@ -44,19 +44,19 @@ def teacher_name(spec: str) -> str:
         if (path / "config.json").is_file():
             return f"local-dir:{path.resolve()}"
         if (path / "config.yaml").is_file():  # a run folder, not its export
-            raise ConfigError(f"'{KEY}': {path} is a run folder; export it first (selfsup export {path} OUT) and "
+            raise ConfigError(f"'{key}': {path} is a run folder; export it first (selfsup export {path} OUT) and "
                               f"pass OUT")
-        raise ConfigError(f"'{KEY}': {path} has no config.json ({EXPECTED})")
+        raise ConfigError(f"'{key}': {path} has no config.json ({EXPECTED})")
     if is_local or "/" in spec or spec.startswith("."):
-        raise ConfigError(f"'{KEY}': no such folder: {path} ({EXPECTED})")
+        raise ConfigError(f"'{key}': no such folder: {path} ({EXPECTED})")
     if not timm.is_model(spec):
-        raise ConfigError(f"'{KEY}': {spec} is neither a folder nor a timm model name ({EXPECTED})")
+        raise ConfigError(f"'{key}': {spec} is neither a folder nor a timm model name ({EXPECTED})")
     try:
         pcfg = timm.models.get_pretrained_cfg(spec)
     except RuntimeError as e:  # a wrong pretrained tag
-        raise ConfigError(f"'{KEY}': {e}") from None
+        raise ConfigError(f"'{key}': {e}") from None
     if pcfg is None or not (pcfg.hf_hub_id or pcfg.url or pcfg.file):  # timm would silently use a random init
-        raise ConfigError(f"'{KEY}': timm has no pretrained weights for {spec} ({EXPECTED})")
+        raise ConfigError(f"'{key}': timm has no pretrained weights for {spec} ({EXPECTED})")
     return spec
 
 
@@ -67,7 +67,7 @@ class FrozenTeacher:
         model: the timm model, ``num_classes=0`` (pooled features).
         view_mean, view_std: the normalisation of the views the student sees.
         size: square input side for the teacher; 0 = the views as they come.
-        source: what ``method.distill.teacher`` said (for messages).
+        source: what the config key said (for messages).
     """
 
     def __init__(self, model: nn.Module, *, view_mean: Sequence[float], view_std: Sequence[float], size: int = 0,
@@ -105,7 +105,7 @@ class FrozenTeacher:
 
 
 def load_teacher(spec: str, *, view_mean: Sequence[float], view_std: Sequence[float], size: int = 0,
-                 model_args: dict[str, Any] | None = None) -> FrozenTeacher:
+                 model_args: dict[str, Any] | None = None, key: str = "teacher") -> FrozenTeacher:
     """Build the teacher named by ``spec`` (see the module docstring) with its weights.
 
     The global RNG is left untouched (timm draws a random init before loading the weights), so the student's
@@ -114,11 +114,11 @@ def load_teacher(spec: str, *, view_mean: Sequence[float], view_std: Sequence[fl
     Raises:
         ConfigError: in one line, when ``spec`` names nothing loadable.
     """
-    name = teacher_name(spec)
+    name = teacher_name(spec, key)
     try:
         with torch.random.fork_rng(devices=[]):
             model = timm.create_model(name, pretrained=True, num_classes=0, **dict(model_args or {}))
     except (RuntimeError, OSError, ValueError, KeyError, TypeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"'{KEY}': timm cannot load {spec} with its weights ({first})") from None
+        raise ConfigError(f"'{key}': timm cannot load {spec} with its weights ({first})") from None
     return FrozenTeacher(model, view_mean=view_mean, view_std=view_std, size=size, source=spec)

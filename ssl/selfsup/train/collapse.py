@@ -1,6 +1,6 @@
 """Collapse detection: stop (or warn) when a collapse signal stays past its threshold.
 
-The methods log two collapse signals (:mod:`selfsup.methods._signals`, :class:`selfsup.methods.dino.DINO`):
+The methods log two collapse signals (:mod:`selfsup.methods._signals`, :class:`selfsup.methods._dino_model.DINO`):
 
 - ``embed_std``: per-dimension std of the L2-normalised student embeddings, about ``1/sqrt(d)`` when they are
   spread over the sphere and 0 when every image maps to one point (SimSiam, Chen & He 2021, Sec. 4.1). Checked

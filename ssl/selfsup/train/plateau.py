@@ -63,7 +63,7 @@ class PlateauWatch:
         method: ``method.name``, for the keys the line names.
     """
 
-    def __init__(self, steps: int, tolerance: float, action: str, start_step: int, method: str = "dino") -> None:
+    def __init__(self, steps: int, tolerance: float, action: str, start_step: int, method: str) -> None:
         self.steps, self.tolerance, self.action, self.start_step = steps, tolerance, action, start_step
         self.method = method
         self.since: int | None = None
