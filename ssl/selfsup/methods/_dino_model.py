@@ -7,10 +7,10 @@ Built from lightly's ``DINOProjectionHead``, ``DINOLoss`` and ``update_momentum`
 
 The backbone sees the crops of one size in one pass; the heads give each view what a call on that view alone
 gives, as in lightly's DINO examples (and MoCo v3 here), so a ``batch_norm`` head normalises each view with its own
-batch statistics. The authors' code runs the head once on all crops; on CIFAR-10 (2 seeds, 312 steps, kNN k=20)
-per-view heads gave 31.5 / 31.3 against 31.25 / 31.05 (README: parity with the reference loop). Without BN the two
-are the same, and the head runs once on every crop; with BN only its MLP runs per view, and the weight-normalised
-last layer always runs once (:func:`~selfsup.methods._dino_head.head_over_batches`).
+batch statistics. The authors' code runs the head once on all crops; per-view heads matched the reference loop on
+CIFAR-10 where one pass did not (docs/benchmarks.md, the DINO parity table). Without BN the two are the same, and
+the head runs once on every crop; with BN only its MLP runs per view, and the weight-normalised last layer always
+runs once (:func:`~selfsup.methods._dino_head.head_over_batches`).
 
 Shapes: b = batch, v = views (g global + l local), d = backbone dim, k = head output dim.
 """

@@ -49,9 +49,8 @@ log = logging.getLogger("selfsup")
 def set_cpu_threads(local_processes: int) -> None:
     """On a CPU, split torch's threads among the training processes of this machine; data workers share the cores.
 
-    A CPU step costs far more than decoding and cropping its batch, so reserving a core per data worker idles it:
-    on 2 cores with 2 workers, DINO at 32 px ran at 57-60 images/s on 1 thread and 73-84 on 2 (the quickstart's
-    DINO with 1 worker: 32-36 vs 39-45). An explicit OMP_NUM_THREADS (torchrun sets 1 per process) wins.
+    A CPU step costs far more than decoding and cropping its batch, so reserving a core per data worker idles it
+    (measured: docs/speed.md, "CPU threads"). An explicit OMP_NUM_THREADS (torchrun sets 1 per process) wins.
     """
     if "OMP_NUM_THREADS" not in os.environ and local_processes > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // local_processes))
