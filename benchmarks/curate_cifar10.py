@@ -105,8 +105,8 @@ def duplicate_scores(found: set[tuple[str, str]], planted: list[dict]) -> dict:
 def sweep(pool, planted: list[dict]) -> list[dict]:
     """Recall and precision of the duplicate test at other thresholds (cosine, hash distance, aligned pixel
     correlation; 2.0 switches the aligned-pixel route off, a hash distance of 64 the hash's veto)."""
-    from evaluation.stages.curate import pool_images, pool_prints
     from evaluation.probes.duplicates import Rule, find_duplicates
+    from evaluation.stages.curate import pool_images, pool_prints
 
     rows = []
     for t, h, c in [(0.99, 64, 2.0), (0.995, 64, 2.0), (0.9, 10, 2.0), (0.95, 10, 2.0), (0.8, 10, 0.95),
@@ -147,8 +147,8 @@ def label_rankings(lab, flipped: set[str], classes: list[str]) -> dict:
 def pixel_stats(data: Path, *, per_class: int, seed: int) -> dict:
     """What the pixels say, no model: perceptual-hash distance and aligned correlation of edited copies, against the
     closest *other* image of the same originals (by hash, and by plain pixel correlation)."""
-    from evaluation.probes.duplicates import aligned_correlation, pixel_views
     from evaluation.loading.fingerprints import hash_distance, perceptual_hash
+    from evaluation.probes.duplicates import aligned_correlation, pixel_views
 
     rng = np.random.default_rng(seed)
     imgs = []

@@ -27,8 +27,8 @@ from lightly.transforms import DINOTransform
 
 from selfsup.build import multicrop_transform, stream_options
 from selfsup.config import DataConfig, ViewsConfig
-from selfsup.data.shard_writer import write_shards
 from selfsup.data.shard_list import expand_shards
+from selfsup.data.shard_writer import write_shards
 from selfsup.data.stream import ShardStream
 
 DEFAULT_DATA = "/work/shared/data/flowers5.tar.gz"

@@ -47,9 +47,10 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # On a shared CPU, OpenMP threads that spin while waiting for each other are descheduled by the other processes'
 # threads and every parallel region turns into a convoy (a 2-thread ViT step measured 10-20x slower here under
@@ -242,7 +243,7 @@ class PeakMemory:
             time.sleep(0.002)
         self.sampler_cpu_s = time.thread_time()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:

@@ -39,8 +39,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from evaluation.loading.fractions import nested_subset
-from selfsup.data.decode import BadSample, decode_rgb
-from selfsup.data.decode import IMAGE_EXTENSIONS
+from selfsup.data.decode import IMAGE_EXTENSIONS, BadSample, decode_rgb
 from selfsup.errors import DataError
 
 HOLDOUT_FRACTION = 0.2

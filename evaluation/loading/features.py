@@ -15,8 +15,8 @@ import safetensors.torch
 import timm
 import torch
 
-from selfsup.data.labelled import LabelledImages, TransformedImages
 from evaluation.loading.backbones import LoadedModel
+from selfsup.data.labelled import LabelledImages, TransformedImages
 
 FEATURES_VERSION = 1
 

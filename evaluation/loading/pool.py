@@ -28,9 +28,9 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from evaluation.loading.images import ImageStream, embed_stream, image_files, iter_images
-from evaluation.loading.features import model_transform
 from evaluation.loading.backbones import ModelSource, load_model
+from evaluation.loading.features import model_transform
+from evaluation.loading.images import ImageStream, embed_stream, image_files, iter_images
 from selfsup.data.decode import decode_rgb
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError

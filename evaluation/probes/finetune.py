@@ -10,14 +10,14 @@ the augmentation is light (random resized crop + flip). Shapes: ``b = batch, c =
 from __future__ import annotations
 
 import timm
-from accelerate.utils import set_seed
-from timm.optim import create_optimizer_v2
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
+from timm.optim import create_optimizer_v2
 
 from selfsup.data.labelled import LabelledImages, TransformedImages
-from selfsup.optim.schedules import warmup_cosine
 from selfsup.knn import topk_accuracy
+from selfsup.optim.schedules import warmup_cosine
 
 
 def train_transform(data_config: dict) -> torch.nn.Module:

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evaluation.detection import METRICS as DETECTION_METRICS, PLOT_FILE as DETECTION_PLOT
+from evaluation.detection import METRICS as DETECTION_METRICS
+from evaluation.detection import PLOT_FILE as DETECTION_PLOT
 from evaluation.report.cost import deploy_notes, deploy_table, write_deploy_report
 from evaluation.report.plots import plot_accuracy_vs_fraction, plot_pretraining_curves
 from evaluation.report.render import blocks_to_markdown, html_page

@@ -16,16 +16,16 @@ from typing import Any
 import torch
 from accelerate.utils import set_seed
 
-from selfsup.data.labelled import LabelledImages, open_labelled
-from evaluation.loading.features import Features, cached_features, model_transform, resolve_device
-from evaluation.probes.finetune import finetune
-from evaluation.loading.fractions import fraction_key, label_subsets
-from selfsup.knn import evaluate_knn
-from evaluation.probes.linear import linear_probe
 from evaluation.loading.backbones import ModelSource, load_model
+from evaluation.loading.features import Features, cached_features, model_transform, resolve_device
+from evaluation.loading.fractions import fraction_key, label_subsets
+from evaluation.probes.finetune import finetune
+from evaluation.probes.linear import linear_probe
 from evaluation.results import write_stage
 from evaluation.settings import DEFAULTS
+from selfsup.data.labelled import LabelledImages, open_labelled
 from selfsup.errors import DataError
+from selfsup.knn import evaluate_knn
 
 SUBSETS_FILE = "label_subsets.json"
 

@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.probes.cleaning import find_label_issues, outlier_scores
-from evaluation.probes.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
 from evaluation.loading.images import iter_images
 from evaluation.loading.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
-from selfsup.data.decode import decode_rgb
+from evaluation.probes.cleaning import find_label_issues, outlier_scores
+from evaluation.probes.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
 from evaluation.probes.retrieval import nearest_neighbours
+from selfsup.data.decode import decode_rgb
 from selfsup.errors import ConfigError
 
 DUPLICATES_FILE, OUTLIERS_FILE, LABEL_ISSUES_FILE, REPORT_FILE = (

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from evaluation.probes.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
 from evaluation.loading.fingerprints import perceptual_hash, pixel_sha256
+from evaluation.probes.duplicates import ImageLoader, Pair, Prints, Rule, find_duplicates
 from selfsup.data.decode import decode_rgb
 from selfsup.data.labelled import LabelledImages
 
@@ -73,9 +74,9 @@ def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
                       **pool_kw: Any) -> tuple[list[str], Prints, ImageLoader]:
     """Names, :class:`Prints` and image loader of unlabelled images (shards or a folder): features and perceptual
     hashes from :func:`evaluation.loading.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass (cached)."""
-    from evaluation.stages.curate import pool_images
     from evaluation.loading.images import iter_images
-    from evaluation.loading.pool import pool_identity, load_pool, pool_sources
+    from evaluation.loading.pool import load_pool, pool_identity, pool_sources
+    from evaluation.stages.curate import pool_images
 
     pool = load_pool(weights=weights, images=spec, cache_dir=cache_dir, **pool_kw)
     files, urls = pool_sources(spec)

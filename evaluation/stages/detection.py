@@ -23,17 +23,16 @@ from torch.utils.data import DataLoader
 
 from evaluation.detection import METRICS
 from evaluation.detection.backbone import PYRAMID_STRIDES, load_detection_body
-from evaluation.stages.data_check import identical_check
 from evaluation.detection.data import load_detection_dataset, read_image
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.metrics import coco_box_ap
 from evaluation.detection.model import build_detector
 from evaluation.detection.train import predict, train_detector
+from evaluation.loading.backbones import ModelSource
 from evaluation.loading.features import resolve_device
 from evaluation.loading.fractions import nested_subset
-from evaluation.loading.backbones import ModelSource
-from evaluation.results import detection_rows
-from evaluation.results import write_stage
+from evaluation.results import detection_rows, write_stage
+from evaluation.stages.data_check import identical_check
 
 
 def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fractions: list[float],

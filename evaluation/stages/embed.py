@@ -21,9 +21,9 @@ from typing import Any
 
 import safetensors.torch
 
+from evaluation.loading.backbones import ModelSource, load_model
 from evaluation.loading.features import model_transform
 from evaluation.loading.images import ImageStream, embed_stream, image_files
-from evaluation.loading.backbones import ModelSource, load_model
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError
 

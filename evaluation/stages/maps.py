@@ -24,15 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
-from evaluation.loading.features import cached_features, resolve_device
+from evaluation.figures.maps import plot_attention_maps, plot_embedding_2d, plot_pca_features, plot_retrieval
 from evaluation.loading.backbones import LoadedModel, ModelSource, load_model
+from evaluation.loading.features import cached_features, resolve_device
+from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
 from evaluation.probes.pca_maps import pca_rgb, spatial_features
 from evaluation.probes.projection import project_2d, resolve_method
 from evaluation.probes.retrieval import nearest_neighbours, precision_at_k
 from evaluation.stages.classification import EvalData
-from evaluation.figures.maps import (plot_attention_maps, plot_embedding_2d, plot_pca_features,
-                                     plot_retrieval)
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
 from selfsup.data.labelled import LabelledImages
 

@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from evaluation.probes.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
-from evaluation.loading.features import cached_features, resolve_device
-from selfsup.knn import knn_classify, topk_accuracy
-from evaluation.probes.linear import few_threads, linear_probe, train_linear
-from evaluation.loading.backbones import ModelSource, load_model
-from evaluation.stages.classification import EvalData
-from evaluation.settings import DEFAULTS
 from evaluation.figures.maps import plot_robustness
+from evaluation.loading.backbones import ModelSource, load_model
+from evaluation.loading.features import cached_features, resolve_device
+from evaluation.probes.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
+from evaluation.probes.linear import few_threads, linear_probe, train_linear
+from evaluation.settings import DEFAULTS
+from evaluation.stages.classification import EvalData
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
 from selfsup.data.labelled import LabelledImages
+from selfsup.knn import knn_classify, topk_accuracy
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"

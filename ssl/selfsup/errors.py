@@ -9,7 +9,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class SelfsupError(Exception):

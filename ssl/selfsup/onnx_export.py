@@ -187,8 +187,13 @@ def run_shards(run_dir: str | Path | None) -> str:
 
 def quantize_int8(fp32_path: Path, path: Path, *, calib: list[torch.Tensor], static: bool) -> None:
     """onnxruntime int8 quantization of ``fp32_path`` into ``path``: static QDQ (CNN) or dynamic (MatMul/Gemm)."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = path.with_name(f".{path.name}.pre.onnx")

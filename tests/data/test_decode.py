@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.corpus import BOMB_LIMIT, EXIF_NAME, OK, make_bad_corpus
-from selfsup.data.decode import BadSample, decode_rgb
 from selfsup.build import multicrop_transform
 from selfsup.config import ViewsConfig
+from selfsup.data.decode import BadSample, decode_rgb
+from tests.fixtures.corpus import BOMB_LIMIT, EXIF_NAME, OK, make_bad_corpus
 
 
 @pytest.fixture(scope="module")

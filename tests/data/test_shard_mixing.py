@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.cli import main as selfsup_main
 from selfsup.build import multicrop_transform, stream_options
+from selfsup.cli import main as selfsup_main
 from selfsup.config import DataConfig, ViewsConfig
 from selfsup.data.loader import make_loader
 from selfsup.data.shard_list import expand_shards

@@ -16,13 +16,13 @@ import pytest
 from PIL import Image
 
 import selfsup.data.shard_writer as shard_writer
-from tests.fixtures.corpus import BOMB_LIMIT, OK, make_bad_corpus
 from evaluation.detection.data import load_detection_dataset
 from selfsup.cli import main as selfsup_main
 from selfsup.data.labelled import open_labelled
 from selfsup.data.shard_sources import sanitize_key
 from selfsup.data.shard_writer import MANIFEST, write_shards
 from selfsup.errors import DataError
+from tests.fixtures.corpus import BOMB_LIMIT, OK, make_bad_corpus
 
 
 def _folder(root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 6) -> Path:

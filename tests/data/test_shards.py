@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.corpus import BOMB_LIMIT, OK, make_bad_corpus
-from selfsup.data.shard_writer import write_shards
+from selfsup.build import multicrop_transform, stream_options
+from selfsup.config import DataConfig, ViewsConfig
 from selfsup.data.loader import make_loader
 from selfsup.data.position import DataPosition
 from selfsup.data.shard_list import expand_shards
+from selfsup.data.shard_writer import write_shards
 from selfsup.data.stream import ShardStream
-from selfsup.build import multicrop_transform, stream_options
-from selfsup.config import DataConfig, ViewsConfig
 from selfsup.errors import DataError
+from tests.fixtures.corpus import BOMB_LIMIT, OK, make_bad_corpus
 
 CLASSES = ("cat", "dog", "eel")
 PER_CLASS = 8

@@ -19,18 +19,18 @@ from pathlib import Path
 import pytest
 from test_shards import _png, _same, _stream
 
-from tests.fixtures.launch import free_port
 from selfsup import cli
 from selfsup.build import stream_options
 from selfsup.config import DataConfig, load_config
 from selfsup.data.count import count_samples
 from selfsup.data.labelled import open_labelled
-from selfsup.data.shard_urls import ShardOpenError
 from selfsup.data.loader import make_loader
 from selfsup.data.position import DataPosition
 from selfsup.data.shard_list import expand_shards
+from selfsup.data.shard_urls import ShardOpenError
 from selfsup.data.stream import ShardStream
 from selfsup.errors import ConfigError, DataError
+from tests.fixtures.launch import free_port
 from tests.fixtures.pipeline import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[2]

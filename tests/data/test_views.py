@@ -22,7 +22,7 @@ def _image(mode: str = "RGB", size: tuple[int, int] = (48, 40)) -> Image.Image:
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
     if mode == "I;16":
-        return Image.fromarray((np.asarray(rgb.convert("L"), dtype=np.uint16) * 257))
+        return Image.fromarray(np.asarray(rgb.convert("L"), dtype=np.uint16) * 257)
     return rgb.convert(mode)
 
 

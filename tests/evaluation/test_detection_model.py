@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from evaluation.detection.backbone import TimmDetectionBackbone, load_detection_body
 from evaluation.cli import main as eval_main
+from evaluation.detection.backbone import TimmDetectionBackbone, load_detection_body
 from evaluation.detection.data import DetectionSample, load_detection_dataset
 from evaluation.detection.images import DetectionImages, collate
 from evaluation.detection.model import build_detector

@@ -8,8 +8,8 @@ import safetensors
 import torch
 
 from evaluation.cli import main as eval_main
-from evaluation.loading.features import embed
 from evaluation.loading.backbones import load_model, model_sources
+from evaluation.loading.features import embed
 from selfsup.cli import main as selfsup_main
 from tests.fixtures.pipeline import make_shards, tiny_config
 from tests.fixtures.visual import make_visual_setup
@@ -28,6 +28,7 @@ def test_embed_folder_writes_embeddings_with_keys_equal_to_the_model(tmp_path, c
     assert meta["architecture"] == "vit_tiny_patch16_224"
     # row i is the export's feature of image keys[i], under the export's own eval preprocessing
     from PIL import Image
+
     from evaluation.loading.features import model_transform
 
     loaded = load_model(model_sources(weights=str(setup / "export"))[0])

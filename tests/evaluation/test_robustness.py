@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.probes.corruptions import COMMON, apply_corruption, fog, glass_blur, imagecorruptions_module
 from evaluation.loading.backbones import model_sources
-from evaluation.stages.robustness import run_robustness
+from evaluation.probes.corruptions import COMMON, apply_corruption, fog, glass_blur, imagecorruptions_module
 from evaluation.stages.classification import prepare_data
+from evaluation.stages.robustness import run_robustness
 from selfsup.errors import ConfigError
 from tests.fixtures.visual import make_visual_setup
 

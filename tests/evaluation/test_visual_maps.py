@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
-from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
 from evaluation.loading.backbones import model_sources
+from evaluation.probes.attention import cls_attention, supports_attention_maps, top_mass_mask
 from evaluation.probes.pca_maps import pca_rgb, spatial_features
 from evaluation.probes.projection import project_2d
 from evaluation.probes.retrieval import nearest_neighbours, precision_at_k

@@ -11,12 +11,20 @@ import torch
 
 from evaluation.cli import main as eval_main
 from evaluation.loading.features import embed
-from tests.fixtures.pipeline import make_image_folder, make_shards, tiny_config
 from selfsup.cli import main as selfsup_main
 from selfsup.errors import CheckpointError, ConfigError
-from selfsup.onnx_export import (INT8_FILE, ONNX_FILE, REPORT_FILE, export_fp32, export_onnx, load_backbone,
-                                 ort_features, ort_session)
+from selfsup.onnx_export import (
+    INT8_FILE,
+    ONNX_FILE,
+    REPORT_FILE,
+    export_fp32,
+    export_onnx,
+    load_backbone,
+    ort_features,
+    ort_session,
+)
 from selfsup.train.loop import pretrain
+from tests.fixtures.pipeline import make_image_folder, make_shards, tiny_config
 
 TINY = {  # timm name, model args, input size
     "vit": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=1, dynamic_img_size=True), 32),

@@ -9,8 +9,8 @@ from lightly.models.modules import DINOProjectionHead
 
 import selfsup.methods._dino_model as dino_module
 from selfsup.methods._dino_head import head_over_batches
-from selfsup.methods.base import Method
 from selfsup.methods._dino_model import DINO
+from selfsup.methods.base import Method
 from selfsup.methods.dino import DINOConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.models.multicrop import forward_multicrop, group_by_resolution

@@ -10,13 +10,13 @@ import pytest
 import torch
 from lightly.loss import DINOLoss, IBOTPatchLoss
 
+import selfsup.methods._dinov2_model as dinov2_module
 from selfsup.config import load_config
 from selfsup.errors import ConfigError
 from selfsup.methods._centering import cross_view_entropy, masked_patch_entropy, sinkhorn_knopp_targets
-import selfsup.methods._dinov2_model as dinov2_module
 from selfsup.methods._dino_model import DINO
-from selfsup.methods.dino import DINOConfig
 from selfsup.methods._dinov2_model import DINOv2
+from selfsup.methods.dino import DINOConfig
 from selfsup.methods.dinov2 import DINOv2Config
 from selfsup.models.backbone import create_backbone
 from selfsup.train.loop import pretrain

@@ -15,8 +15,8 @@ from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.errors import ConfigError
 from selfsup.export import export
-from selfsup.methods.base import Method, StepContext
 from selfsup.methods._distill_model import Distill, feature_loss, seed_loss
+from selfsup.methods.base import Method, StepContext
 from selfsup.methods.distill import DistillConfig
 from selfsup.models.backbone import create_backbone
 from selfsup.models.teacher import FrozenTeacher, load_teacher

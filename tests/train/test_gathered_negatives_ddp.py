@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightly.loss import NTXentLoss
 
-from selfsup.methods._queue import KeyQueue
 from selfsup.methods._mocov3_model import contrastive_loss
+from selfsup.methods._queue import KeyQueue
 from tests.fixtures.launch import free_port
 
 WORLD, B, D = 2, 4, 8

@@ -60,8 +60,8 @@ def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     assert json.loads((tmp_path / "last" / "config.json").read_text())["selfsup"]["step"] == 5
 
     # the monitor's preprocessing is selfsup-eval's: same features, same kNN top-1 on the same images
-    from evaluation.loading.features import model_transform, extract_features
     from evaluation.loading.backbones import ModelSource, load_model
+    from evaluation.loading.features import extract_features, model_transform
     from selfsup.knn import knn_classify, topk_accuracy
     from selfsup.train.monitor import LabelledSplit
 

@@ -18,7 +18,7 @@ import torch
 
 import selfsup.config
 from selfsup.cli import main as cli_main
-from selfsup.errors import CheckpointError, ConfigError
+from selfsup.errors import CheckpointError
 from selfsup.export import EXPORT_FILES, EXPORT_MANIFEST, export, record_exported
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_weights
 from selfsup.train.loop import pretrain

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from selfsup import registry
 
@@ -112,7 +112,7 @@ class OptimConfig:
 class TrainConfig:
     batch_size: int = 64  # per process
     epochs: float = 100  # nominal epochs of data.samples_per_epoch samples
-    max_steps: Optional[int] = None  # stop early at this optimizer step (the schedules still span `epochs`)
+    max_steps: int | None = None  # stop early at this optimizer step (the schedules still span `epochs`)
     grad_accum: int = 1
     mixed_precision: str = "no"  # no | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda
@@ -121,7 +121,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 1000  # steps between checkpoints; 0 = only at the end
     keep_last: int = 3
-    resume: Optional[str] = None  # null | auto | path to a checkpoint folder
+    resume: str | None = None  # null | auto | path to a checkpoint folder
     resume_elastic: bool = False  # allow resuming on another number of processes/workers (restarts the epoch)
     max_bad_steps: int = 5  # non-finite loss/grad steps in a row before stopping
     collapse_patience: int = 5  # logs in a row with a collapse signal past its threshold (docs/monitor.md)
@@ -140,7 +140,7 @@ class TrainConfig:
 class ExportConfig:
     """What ``selfsup export`` writes into the shared folder besides the weights (config.json, README.md)."""
 
-    license: Optional[str] = None  # Hub license id (e.g. apache-2.0, cc-by-nc-4.0); null = none stated
+    license: str | None = None  # Hub license id (e.g. apache-2.0, cc-by-nc-4.0); null = none stated
 
 
 @dataclass

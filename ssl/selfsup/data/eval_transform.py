@@ -7,7 +7,8 @@ normalise with the views' mean/std (timm's eval transform built from this data c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import timm.data
 import torch

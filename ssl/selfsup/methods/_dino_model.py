@@ -29,10 +29,10 @@ from torch import Tensor, nn
 
 from selfsup.methods._centering import cross_view_entropy, entropy, mean_centered_targets, sinkhorn_knopp_targets
 from selfsup.methods._dino_head import head_over_batches
-from selfsup.methods._signals import chance_logs, embed_std_logs
-from selfsup.models.backbone import embed_dim
 from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.methods.base import StepContext, StepOutput
+from selfsup.models.backbone import embed_dim
 from selfsup.models.multicrop import forward_multicrop
 
 # lightly's DINOProjectionHead still uses torch.nn.utils.weight_norm; the warning says nothing a user can act on.
@@ -110,7 +110,7 @@ class DINO(nn.Module):
         self.teacher_backbone.eval()
         self.teacher_head.eval()
 
-    def train(self, mode: bool = True) -> "DINO":
+    def train(self, mode: bool = True) -> DINO:
         """The teacher stays in eval mode except its BatchNorm layers (:func:`set_teacher_mode`)."""
         super().train(mode)
         set_teacher_mode((self.teacher_backbone, self.teacher_head), mode)

@@ -42,8 +42,8 @@ from selfsup.methods._centering import (
     sinkhorn_knopp_targets,
 )
 from selfsup.methods._dino_head import head_over_batches
-from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.methods._ema_teacher import set_teacher_mode, teacher_step_context
+from selfsup.methods._signals import chance_logs, embed_std_logs
 from selfsup.methods.base import StepContext, StepOutput
 from selfsup.models.backbone import embed_dim
 from selfsup.models.multicrop import forward_multicrop
@@ -157,7 +157,7 @@ class DINOv2(nn.Module):
     def _teachers(self) -> tuple[nn.Module, ...]:
         return (self.teacher_backbone, self.teacher_head, *([self.teacher_patch_head] if self.teacher_patch_head else []))
 
-    def train(self, mode: bool = True) -> "DINOv2":
+    def train(self, mode: bool = True) -> DINOv2:
         """The teacher stays in eval mode except its BatchNorm layers (:func:`set_teacher_mode`)."""
         super().train(mode)
         set_teacher_mode(self._teachers, mode)

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from selfsup.methods._queue import KeyQueue
 from selfsup.methods._signals import chance_logs, embed_std_logs
-from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
+from selfsup.models.backbone import embed_dim
 
 
 def moby_contrastive_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:

@@ -39,9 +39,9 @@ from torch import Tensor, nn
 
 from selfsup.errors import ConfigError
 from selfsup.methods._signals import chance_logs, embed_std_logs
-from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_views
 from selfsup.methods.base import StepContext, StepOutput, ema_step_context
+from selfsup.models.backbone import embed_dim
 
 
 def mocov3_projector(input_dim: int, hidden_dim: int, output_dim: int) -> ProjectionHead:

@@ -22,9 +22,9 @@ from lightly.utils import dist
 from torch import Tensor, nn
 
 from selfsup.methods._signals import chance_logs, embed_std_logs
-from selfsup.models.backbone import embed_dim
 from selfsup.methods._two_views import require_two_views
 from selfsup.methods.base import StepContext, StepOutput
+from selfsup.models.backbone import embed_dim
 
 
 class SimCLR(nn.Module):

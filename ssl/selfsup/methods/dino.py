@@ -6,8 +6,9 @@ only (reading a config never imports torch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from selfsup.registry import MethodSpec
 

@@ -7,8 +7,9 @@ The student/teacher module and the DINO + iBOT + KoLeo loss are in :mod:`selfsup
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from selfsup.errors import ConfigError
 from selfsup.methods.dino import CENTERS

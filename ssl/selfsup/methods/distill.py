@@ -7,9 +7,10 @@ The student, adapter, queue and losses are in :mod:`selfsup.methods._distill_mod
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from selfsup.errors import ConfigError
 from selfsup.registry import MethodSpec

@@ -6,8 +6,9 @@ The online and momentum encoders and the loss are in :mod:`selfsup.methods._moco
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from selfsup.methods._two_views import require_two_global_views
 from selfsup.registry import MethodSpec

@@ -17,8 +17,9 @@ Shapes: b = batch, c = 3 channels, s = view size, S = ``size`` (the teacher's in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import timm
 import torch

@@ -20,8 +20,8 @@ from selfsup.errors import CheckpointError
 from selfsup.train.checkpoint import (
     COMPLETE,
     NEVER_SHARD,
-    fsync_dir,
     checkpoint_dir,
+    fsync_dir,
     latest_checkpoint,
     resolve_resume,
 )

@@ -25,23 +25,24 @@ from selfsup.data.shard_index import shard_counts
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, Preempted
 from selfsup.models.backbone import check_crop_sizes
+from selfsup.train import collapse
+from selfsup.train import plateau as plateau_watch
 from selfsup.train.accelerator import make_accelerator
-from selfsup.train.main_only import on_main
 from selfsup.train.checkpoint import (
     check_shared_run_dir,
     load_training_state,
     resolve_resume,
     save_checkpoint,
 )
-from selfsup.train import collapse, plateau as plateau_watch
 from selfsup.train.collapse import CollapseGuard
+from selfsup.train.main_only import on_main
 from selfsup.train.monitor import make_monitor
 from selfsup.train.plateau import PlateauWatch
 from selfsup.train.preempt import PREEMPTED_EXIT, StopSignals
 from selfsup.train.resume import load_resume_state
+from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 from selfsup.train.step import TrainStep, prepare_training
 from selfsup.train.trackers import log_metrics, start_trackers
-from selfsup.train.run_lock import claim_run_dir, clear_previous_run
 
 log = logging.getLogger("selfsup")
 

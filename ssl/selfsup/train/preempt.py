@@ -42,7 +42,7 @@ class StopSignals:
         if self.received is None:  # the first one counts; a second one during the save changes nothing
             self.received = signal.Signals(signum)
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal.signal works in the main thread only
             for sig in STOP_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -16,9 +16,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from selfsup.errors import ConfigError
 
@@ -69,7 +69,7 @@ class RunLock:
         self.path, self.text = path, text
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock":
+    def acquire(cls, run_dir: Path) -> RunLock:
         """Create the run folder and its lock; take over a stale lock; raise ConfigError when held or unwritable."""
         try:
             run_dir.mkdir(parents=True, exist_ok=True)

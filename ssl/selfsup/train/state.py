@@ -35,7 +35,7 @@ class TrainState:
         (directory / f"train_state_{process_index}.json").write_text(json.dumps(self.state_dict()))
 
     @classmethod
-    def load(cls, directory: Path, process_index: int) -> "TrainState":
+    def load(cls, directory: Path, process_index: int) -> TrainState:
         """Read one process's state; a missing, corrupt or mistyped file is a CheckpointError naming it."""
         path = directory / f"train_state_{process_index}.json"
         try:
