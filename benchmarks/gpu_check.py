@@ -267,12 +267,14 @@ def run_report(args: argparse.Namespace) -> None:
             mfu = "not measured (no device peak)" if r["mfu"] is None else \
                 f"{100 * r['mfu']:.1f}% ({'met' if r['mfu'] >= MFU_TARGET else 'NOT met'})"
             lines.append(f"- {r['name']}: MFU {mfu}, peak memory "
-                         f"{r['peak_memory_gb']:.2f} GB ({'met' if r['peak_memory_gb'] <= MEMORY_TARGET_GB else 'NOT met'})")
+                         f"{r['peak_memory_gb']:.2f} GB "
+                         f"({'met' if r['peak_memory_gb'] <= MEMORY_TARGET_GB else 'NOT met'})")
     fed = [r["images_per_s"] for r in table if r["name"].startswith("dino_vit_s16/") and r["images_per_s"]]
     data = next(r for r in table if r["name"] == "data_pipeline")
     if fed and data["images_per_s"]:
         lines.append(f"- data pipeline {data['images_per_s']:.0f} images/s vs the fastest DINO ViT-S step "
-                     f"{max(fed):.0f} images/s: the loader {'keeps' if data['images_per_s'] >= max(fed) else 'does NOT keep'}"
+                     f"{max(fed):.0f} images/s: the loader "
+                     f"{'keeps' if data['images_per_s'] >= max(fed) else 'does NOT keep'}"
                      f" the GPU fed")
     (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -7,7 +7,8 @@ hyper-parameter from the resolved ``config.yaml`` of our run, so the two cannot 
 what we want to test: our shard stream, view code, method wrappers, step and checkpointing vs a torch
 ``DataLoader(shuffle=True)`` over the image folder with lightly's ``DINOTransform`` and lightly's heads/losses.
 
-    python benchmarks/learning_parity.py [--methods dino dinov2 simclr] [--seeds 0 1] [--epochs 3] [--out runs/learning_parity]
+    python benchmarks/learning_parity.py [--methods dino dinov2 simclr] [--seeds 0 1] [--epochs 3]
+        [--out runs/learning_parity]
 
 Needs ``runs/cifar10_methods/{shards,subset,data}`` (made by ``benchmarks/cifar10_methods.sh``). Writes
 ``OUT/results.md`` and ``OUT/results.json``.
@@ -112,8 +113,10 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
     steps_per_epoch = len(dataset) / cfg.train.batch_size
     # The same no-decay rule as ours: 1-D parameters, biases, tokens and position embeddings.
     decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "token" not in n and "pos_embed" not in n]
-    no_decay = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], betas=tuple(cfg.optim.betas))
+    no_decay = [p for n, p in student.named_parameters()
+                if not (p.ndim > 1 and "token" not in n and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            betas=tuple(cfg.optim.betas))
     peak = scaled_lr(cfg.optim.lr, cfg.train.batch_size)
     warmup = round(cfg.optim.warmup_epochs * steps_per_epoch)
     step, t0 = 0, time.perf_counter()
@@ -123,8 +126,10 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
             if step >= steps:
                 break
             epoch = step / steps_per_epoch
-            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = warmup_cosine(step, steps, warmup, peak, cfg.optim.min_lr)
-            opt.param_groups[0]["weight_decay"] = cosine(step, steps, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
+            opt.param_groups[0]["lr"] = opt.param_groups[1]["lr"] = warmup_cosine(step, steps, warmup, peak,
+                                                                                   cfg.optim.min_lr)
+            opt.param_groups[0]["weight_decay"] = cosine(step, steps, cfg.optim.weight_decay,
+                                                         cfg.optim.weight_decay_end)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.mixed_precision == "bf16"):
                 if method == "dino":
                     d = cfg.method.dino
@@ -236,23 +241,25 @@ def main() -> int:
             cfg = OmegaConf.load(base / "ours" / "run" / "config.yaml")
             ref = run_reference(method, seed, cfg, summary["steps"], base / "reference")
             ours_top1, rand = knn_top1(base / "ours" / "export", base / "ours" / "knn", args.max_train, args.max_val)
-            ref_top1, _ = knn_top1(base / "reference" / "export", base / "reference" / "knn", args.max_train, args.max_val)
+            ref_top1, _ = knn_top1(base / "reference" / "export", base / "reference" / "knn", args.max_train,
+                                   args.max_val)
             rows.append({"method": method, "seed": seed, "steps": summary["steps"], "random_init": rand,
                          "ours": ours_top1, "reference": ref_top1, "ours_images_per_s": summary["images_per_s"],
                          "reference_images_per_s": ref["images_per_s"]})
             print(json.dumps(rows[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["| method | steps | seeds | kNN top-1 selfsup | kNN top-1 reference loop | random init | images/s selfsup | images/s reference |",
+    lines = ["| method | steps | seeds | kNN top-1 selfsup | kNN top-1 reference loop | random init | "
+             "images/s selfsup | images/s reference |",
              "|---|---|---|---|---|---|---|---|"]
+
+    def ms(group: list[dict], key: str) -> str:
+        vals = [x[key] for x in group]
+        return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
+
     for method in args.methods:
         r = [x for x in rows if x["method"] == method]
-
-        def ms(key: str) -> str:
-            vals = [x[key] for x in r]
-            return f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" if len(vals) > 1 else f"{vals[0]:.1f}"
-
-        lines.append(f"| {method} | {r[0]['steps']} | {len(r)} | {ms('ours')} | {ms('reference')} | {ms('random_init')} | "
-                     f"{ms('ours_images_per_s')} | {ms('reference_images_per_s')} |")
+        lines.append(f"| {method} | {r[0]['steps']} | {len(r)} | {ms(r, 'ours')} | {ms(r, 'reference')} | "
+                     f"{ms(r, 'random_init')} | {ms(r, 'ours_images_per_s')} | {ms(r, 'reference_images_per_s')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

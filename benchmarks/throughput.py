@@ -377,7 +377,7 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
     method = DINO(backbone, n_global=s.n_global, **heads).to(device)
     train_step = ours_step(method, device=device, bf16=bf16, batch_size=s.batch_size)
 
-    def ours(views: list[Tensor]) -> None:
+    def ours(views: list[Tensor], train_step: TrainStep = train_step) -> None:
         train_step(lambda: views)
 
     ref_model = ReferenceDINO(ref_backbone, dim, s.out_dim).to(device)
@@ -406,7 +406,8 @@ def bench_model(key: str, s: Setting, *, device: torch.device, bf16: bool, use_c
 
     # timed, alternating which goes first; peak memory per step. The other implementation's weights and optimizer
     # state stay resident, so they are subtracted.
-    states = {"ours": _state_bytes(train_step.unwrapped, train_step.optimizer), "reference": _state_bytes(ref_model, ref.optimizer)}
+    states = {"ours": _state_bytes(train_step.unwrapped, train_step.optimizer),
+              "reference": _state_bytes(ref_model, ref.optimizer)}
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     cpu_times: dict[str, list[float]] = {"ours": [], "reference": []}
     peaks = {"ours": 0, "reference": 0}
@@ -512,8 +513,8 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def print_table(reports: list[ModelReport], mem_label: str) -> None:
     head = (f"{'model':8} {'impl':9} {'batch':>5} {'crops':>12} {'step s':>8} {'img/s':>7} {'crops/s':>8} "
-            f"{mem_label:>11} {'MB/img':>7} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU %':>6} {'ours/ref':>8} {'(min)':>6} "
-            f"{'CPU s':>7} {'(CPU)':>6}")
+            f"{mem_label:>11} {'MB/img':>7} {'GFLOP/step':>11} {'TFLOP/s':>8} {'MFU %':>6} {'ours/ref':>8} "
+            f"{'(min)':>6} {'CPU s':>7} {'(CPU)':>6}")
     print(head)
     print("-" * len(head))
     for r in reports:

@@ -4,7 +4,7 @@
     selfsup-eval knn      --weights EXPORT --train TRAIN --val VAL --out DIR ...   (writes DIR/knn.json)
     selfsup-eval linear   ...                                                      (writes DIR/linear.json)
     selfsup-eval finetune ...                                                      (writes DIR/finetune.json)
-    selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...     (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
+    selfsup-eval deploy   --weights EXPORT[,EXPORT...] ...  (writes DIR/deploy.md, deploy.json, accuracy_vs_latency.png)
     selfsup-eval embed    --weights EXPORT --images DIR|--shards SPEC --out DIR    (writes DIR/embeddings.safetensors)
     selfsup-eval curate   --weights EXPORT --images POOL [--labels DIR] --out DIR   (writes DIR/duplicates.csv, ...)
     selfsup-eval detect   --weights EXPORT --data VOC_DIR|COCO_JSON --out DIR ...      (writes DIR/detection.json)

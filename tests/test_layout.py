@@ -13,7 +13,8 @@ def test_no_ssl_package_init():
 
 def test_import_ssl_from_repo_root_is_stdlib():
     # Run from the repo root, where a directory named ssl/ sits on sys.path[0].
-    code = "import ssl, sys; print(ssl.__file__); assert hasattr(ssl, 'create_default_context'); ssl.create_default_context()"
+    code = ("import ssl, sys; print(ssl.__file__); assert hasattr(ssl, 'create_default_context'); "
+            "ssl.create_default_context()")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "ssl/__init__.py" not in out.stdout and out.stdout.strip().endswith("ssl.py")

@@ -138,8 +138,9 @@ def flexible_size_kwargs(model: nn.Module) -> dict[str, bool]:
 
 
 def load_detection_body(source: ModelSource) -> LoadedModel:
-    """The timm model of ``source``, loaded as by every evaluation stage (:func:`evaluation.loading.backbones.load_model`),
-    rebuilt with :func:`flexible_size_kwargs` when its saved arguments fix the input size."""
+    """The timm model of ``source``, loaded as by every evaluation stage
+    (:func:`evaluation.loading.backbones.load_model`), rebuilt with :func:`flexible_size_kwargs` when its saved
+    arguments fix the input size."""
     loaded = load_model(source)
     extra = flexible_size_kwargs(loaded.model)
     return load_model(source, model_kwargs=extra) if extra else loaded

@@ -1,1 +1,2 @@
-"""Loading what evaluation works on: exported backbones (torch or ONNX), cached features, label fractions, image pools."""
+"""Loading what evaluation works on: exported backbones (torch or ONNX), cached features, label fractions, image
+pools."""

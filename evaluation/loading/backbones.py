@@ -63,7 +63,8 @@ def read_config(path: str) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno}); expected timm's config.json") from None
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno}); "
+                              "expected timm's config.json") from None
     if "architecture" not in cfg:
         raise CheckpointError(f"{cfg_path}: no 'architecture' key; expected timm's save_for_hf config.json")
     return cfg
@@ -86,10 +87,12 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def model_sources(*, weights: str, baseline_timm: str | None = None, random_seed: int = RANDOM_INIT_SEED) -> list[ModelSource]:
+def model_sources(*, weights: str, baseline_timm: str | None = None,
+                  random_seed: int = RANDOM_INIT_SEED) -> list[ModelSource]:
     """The models a report compares: the export, its random-init twin, and optionally a local timm folder."""
     read_config(weights)
-    sources = [ModelSource("pretrained", "export", weights), ModelSource("random_init", "random_init", weights, random_seed)]
+    sources = [ModelSource("pretrained", "export", weights),
+               ModelSource("random_init", "random_init", weights, random_seed)]
     if baseline_timm:
         path = baseline_timm.removeprefix("local-dir:")
         read_config(path)

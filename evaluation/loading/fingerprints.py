@@ -1,10 +1,10 @@
 """Image fingerprints that need no model: the file's or the pixels' SHA-256 and a 64-bit perceptual hash.
 
 The SHA-256 of the encoded bytes finds byte-identical copies; the SHA-256 of the decoded pixels finds the same image
-wherever it is stored (the report's data check, where images may come from a dataset without files). The DCT perceptual hash (``imagehash.phash``:
-32x32 grey, 2D DCT, signs of the 8x8 lowest frequencies against their median; Zauner 2010) survives resizing,
-re-encoding and small crops, so a small Hamming distance between two hashes is the pixels' vote that two images are
-copies of each other.
+wherever it is stored (the report's data check, where images may come from a dataset without files). The DCT
+perceptual hash (``imagehash.phash``: 32x32 grey, 2D DCT, signs of the 8x8 lowest frequencies against their median;
+Zauner 2010) survives resizing, re-encoding and small crops, so a small Hamming distance between two hashes is the
+pixels' vote that two images are copies of each other.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Probes: pure functions on frozen features or backbones (kNN, linear, fine-tune, retrieval, maps, corruptions, selection, duplicates, cleaning)."""
+"""Probes: pure functions on frozen features or backbones (kNN, linear, fine-tune, retrieval, maps, corruptions,
+selection, duplicates, cleaning)."""

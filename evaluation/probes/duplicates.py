@@ -84,7 +84,8 @@ class Rule:
     def describe(self) -> str:
         """One sentence for reports: what a near-duplicate is under these thresholds."""
         pixels = (f", or aligned grey pixels correlating >= {self.pixel_correlation:g} (crops)"
-                  if self.pixel_correlation <= 1 else "; the aligned-pixel test is off: different images of this data set are "
+                  if self.pixel_correlation <= 1
+                  else "; the aligned-pixel test is off: different images of this data set are "
                   "as close by pixels as copies")
         return (f"feature cosine >= {self.threshold:g} among the {self.neighbours} nearest images, confirmed by the "
                 f"pixels: perceptual-hash distance <= {self.max_hash_distance} of 64 bits{pixels}")

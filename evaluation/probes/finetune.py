@@ -19,6 +19,8 @@ from selfsup.data.labelled import LabelledImages, TransformedImages
 from selfsup.knn import topk_accuracy
 from selfsup.optim.schedules import warmup_cosine
 
+CPU = torch.device("cpu")
+
 
 def train_transform(data_config: dict) -> torch.nn.Module:
     """Light augmentation at the model's input size: random resized crop (scale 0.5-1) + horizontal flip."""
@@ -32,7 +34,7 @@ def finetune(model: torch.nn.Module, images: LabelledImages, train_indices: list
              num_classes: int, data_config: dict, eval_transform: torch.nn.Module, steps: int = 100,
              batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, layer_decay: float = 0.65,
              warmup_steps: int | None = None, seed: int = 0, num_workers: int = 0,
-             device: torch.device = torch.device("cpu")) -> dict[str, float | None]:
+             device: torch.device = CPU) -> dict[str, float | None]:
     """Fine-tune ``model`` (a timm backbone, its head replaced) on ``train_indices`` and score it on ``val_images``.
 
     Args:

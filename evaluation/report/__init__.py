@@ -1,1 +1,2 @@
-"""The report: stage JSONs -> tables, sections, plots -> report.json / report.md / report.html. The only place that renders."""
+"""The report: stage JSONs -> tables, sections, plots -> report.json / report.md / report.html. The only place
+that renders."""

@@ -64,7 +64,8 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
 
     panels = []
     if stages["knn"]:
-        k_plot = DEFAULTS.knn_k if DEFAULTS.knn_k in stages["knn"]["settings"]["ks"] else stages["knn"]["settings"]["ks"][0]
+        ks = stages["knn"]["settings"]["ks"]
+        k_plot = DEFAULTS.knn_k if DEFAULTS.knn_k in ks else ks[0]
         panels.append((f"kNN k={k_plot}", [r for r in results if r["stage"] == "knn" and r["k"] == k_plot
                                            and r["metric"] == "top1"]))
     for s in ("linear", "finetune"):

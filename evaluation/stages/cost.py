@@ -110,7 +110,8 @@ def _accuracy(results: list[dict[str, Any]], model: str, stage: str, fraction: f
     return None
 
 
-def deploy_rows(costs: list[dict[str, Any]], results: list[dict[str, Any]], fractions: list[float]) -> list[dict[str, Any]]:
+def deploy_rows(costs: list[dict[str, Any]], results: list[dict[str, Any]],
+                fractions: list[float]) -> list[dict[str, Any]]:
     """One row per source: its cost and kNN k=20 / linear top-1 (mean over seeds) per label fraction."""
     rows = []
     for c in costs:

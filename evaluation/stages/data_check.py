@@ -34,6 +34,7 @@ from selfsup.data.labelled import LabelledImages
 CHECK_FILE = "data_check.json"
 PRINTS_VERSION = 1
 LISTED = 50  # pairs listed in report.md (all of them are in the JSON)
+DEFAULT_RULE = Rule()  # frozen, so one instance serves as every call's default
 
 
 Columns = tuple[list[str], list[str], list[int]]  # names, pixel SHA-256s, perceptual hashes
@@ -73,7 +74,8 @@ def labelled_prints(images: LabelledImages, feats: torch.Tensor, *, cache_dir: P
 def unlabelled_prints(spec: str, *, weights: str, cache_dir: Path,
                       **pool_kw: Any) -> tuple[list[str], Prints, ImageLoader]:
     """Names, :class:`Prints` and image loader of unlabelled images (shards or a folder): features and perceptual
-    hashes from :func:`evaluation.loading.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass (cached)."""
+    hashes from :func:`evaluation.loading.pool.load_pool` (cached), the pixel SHA-256 from one decoding pass
+    (cached)."""
     from evaluation.loading.images import iter_images
     from evaluation.loading.pool import load_pool, pool_identity, pool_sources
     from evaluation.stages.curate import pool_images
@@ -110,7 +112,7 @@ def overlap(val_names: list[str], val: Prints, ref_names: list[str], ref: Prints
 
 def run_data_check(train: LabelledImages, val: LabelledImages, train_feats: torch.Tensor, val_feats: torch.Tensor,
                    *, out: Path, model: str, weights: str | None = None, pretrain_shards: str | None = None,
-                   rule: Rule = Rule(), **pool_kw: Any) -> dict[str, Any]:
+                   rule: Rule = DEFAULT_RULE, **pool_kw: Any) -> dict[str, Any]:
     """Check val against train (and against ``pretrain_shards`` with the export ``weights``); write and return
     ``OUT/data_check.json``. ``pool_kw``: batch_size, num_workers, device, img_size for the shards' features."""
     cache = Path(out) / "cache"

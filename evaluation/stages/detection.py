@@ -93,7 +93,8 @@ def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fra
     doc = write_stage(out, "detection", {
         "stage": "detection", "dataset": dataset.name, "classes": list(dataset.classes),
         "val_split": dataset.val_split, "skipped": dataset.skipped, "config": config, "models": list(infos.values()),
-        "data_check": check, "command": command, "runs": runs, "rows": rows, "seconds": round(time.perf_counter() - t0, 2)})
+        "data_check": check, "command": command, "runs": runs, "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 2)})
     for r in rows:
         print(f"{r['model']:>14} fraction={r['label_fraction']:<5g} "
               + " ".join(f"{m}={r[m]['mean']:.4f}±{r[m]['std']:.4f}" for m in METRICS))

@@ -119,7 +119,8 @@ def run_visual(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
     files["retrieval"] = plot_retrieval(queries, [classes[int(data.val.labels[q])] for q in query_idx], results,
                                         out / FILES["retrieval"]).name
     if coords:
-        files["projection"] = plot_embedding_2d(coords, data.val.labels, classes, method, out / FILES["projection"]).name
+        files["projection"] = plot_embedding_2d(coords, data.val.labels, classes, method,
+                                                out / FILES["projection"]).name
     payload = {"images": map_idx, "queries": query_idx, "retrieval": retrieval_rows, "projection": method,
                "attention_models": list(attention), "files": files, "seconds": round(time.perf_counter() - t0, 2)}
     (out / VISUAL_FILE).write_text(json.dumps(payload, indent=1))

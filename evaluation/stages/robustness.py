@@ -25,9 +25,9 @@ import torch
 
 from evaluation.figures.maps import plot_robustness
 from evaluation.loading.backbones import ModelSource, load_model
-from evaluation.loading.features import cached_features, resolve_device
+from evaluation.loading.features import Features, cached_features, resolve_device
 from evaluation.probes.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
-from evaluation.probes.linear import few_threads, linear_probe, train_linear
+from evaluation.probes.linear import LinearProbe, few_threads, linear_probe, train_linear
 from evaluation.settings import DEFAULTS
 from evaluation.stages.classification import EvalData
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
@@ -94,11 +94,13 @@ def run_robustness(data: EvalData, sources: list[ModelSource], *, out: str | Pat
             probe = train_linear(tr.feats, tr.labels, num_classes=data.num_classes, lr=fitted.lr, wd=fitted.wd, seed=0)
         probes.append({"model": source.name, "lr": fitted.lr, "wd": fitted.wd, "selection": fitted.selection})
 
-        def score(feats: torch.Tensor) -> dict[str, float]:
+        def score(feats: torch.Tensor, tr: Features = tr, probe: LinearProbe = probe,
+                  clean: Features = clean) -> dict[str, float]:
             votes = knn_classify(tr.feats, tr.labels, feats, k=KNN_K, T=KNN_T, num_classes=data.num_classes)
             with torch.no_grad():
                 logits = probe(feats)
-            return {"knn_top1": topk_accuracy(votes, clean.labels, 1), "linear_top1": topk_accuracy(logits, clean.labels, 1)}
+            return {"knn_top1": topk_accuracy(votes, clean.labels, 1),
+                    "linear_top1": topk_accuracy(logits, clean.labels, 1)}
 
         rows.append({"model": source.name, "corruption": "clean", "severity": 0, **score(clean.feats)})
         for c in corruptions:
@@ -112,7 +114,8 @@ def run_robustness(data: EvalData, sources: list[ModelSource], *, out: str | Pat
     plot_robustness(grids, corruptions, severities, out / ROBUSTNESS_PLOT)
     payload = {"settings": {"corruptions": corruptions, "severities": severities, "num_val": len(val),
                             "max_val": max_val, "knn": {"k": KNN_K, "T": KNN_T},
-                            "linear": "all training labels; lr/wd chosen on held-out training labels", "probes": probes},
+                            "linear": "all training labels; lr/wd chosen on held-out training labels",
+                            "probes": probes},
                "rows": rows, "summary": summary, "plot": ROBUSTNESS_PLOT,
                "seconds": round(time.perf_counter() - t0, 2)}
     out.mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,8 @@ def _plot(pool: Pool, chosen: np.ndarray, labelled: np.ndarray | None, path: Pat
     ax = fig.add_subplot(grid[0, :])
     ax.scatter(coords[:len(pool), 0], coords[:len(pool), 1], s=3, c="#bbbbbb", label=f"pool ({len(pool)})")
     if labelled is not None:
-        ax.scatter(coords[len(pool):, 0], coords[len(pool):, 1], s=14, c="tab:blue", label=f"labelled ({len(labelled)})")
+        ax.scatter(coords[len(pool):, 0], coords[len(pool):, 1], s=14, c="tab:blue",
+                   label=f"labelled ({len(labelled)})")
     ax.scatter(coords[chosen, 0], coords[chosen, 1], s=22, c="tab:red", edgecolors="k", linewidths=0.4,
                label=f"chosen ({len(chosen)})")
     for r, i in enumerate(chosen[:30]):

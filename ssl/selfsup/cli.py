@@ -52,7 +52,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.onnx or args.int8:
         from selfsup.onnx_export import export_onnx, summary_lines
 
-        print("\n".join(summary_lines(export_onnx(result["out_dir"], int8=args.int8, dynamic_size=args.onnx_dynamic_size,
+        print("\n".join(summary_lines(export_onnx(result["out_dir"], int8=args.int8,
+                                                  dynamic_size=args.onnx_dynamic_size,
                                                   calibration=args.calibration, run_dir=args.run_dir),
                                       result["out_dir"])))
     return 0

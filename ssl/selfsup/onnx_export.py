@@ -89,7 +89,8 @@ def _refuse_dynamic_size(model: torch.nn.Module, name: str, why: str = "") -> No
     if why or windowed or model.pretrained_cfg.get("fixed_input_size"):
         why = why or ("its attention windows are traced for one size" if windowed else "timm marks it fixed-size")
         raise ConfigError(f"--onnx-dynamic-size: {name} cannot take a dynamic image size in ONNX ({why}); export "
-                          f"without --onnx-dynamic-size for a fixed {input_size(model)[1]}x{input_size(model)[2]} input")
+                          f"without --onnx-dynamic-size for a fixed {input_size(model)[1]}x{input_size(model)[2]} "
+                          "input")
 
 
 def export_fp32(model: torch.nn.Module, path: Path, *, dynamic_size: bool = False, name: str = "model",
@@ -223,7 +224,8 @@ def quantize_int8(fp32_path: Path, path: Path, *, calib: list[torch.Tensor], sta
 
 def export_int8(fp32_path: Path, path: Path, *, calib: list[torch.Tensor], check: torch.Tensor,
                 min_cosine: float = MIN_INT8_COSINE) -> dict[str, Any]:
-    """Quantize ``fp32_path`` to ``path``; keep it only if int8 features have cosine >= ``min_cosine`` to fp32 on ``check``."""
+    """Quantize ``fp32_path`` to ``path``; keep it only if int8 features have cosine >= ``min_cosine`` to fp32 on
+    ``check``."""
     static = is_conv_dominated(fp32_path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

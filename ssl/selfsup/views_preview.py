@@ -35,7 +35,8 @@ def training_views(cfg: Config, n: int) -> tuple[list[torch.Tensor], list[str]]:
     if n < 1:
         raise ConfigError(f"--n {n}; expected a positive number of samples")
     if not cfg.data.shards:
-        raise ConfigError("data.shards is empty; expected data.shards=PATH (a folder of .tar shards, a pattern or a list)")
+        raise ConfigError("data.shards is empty; expected data.shards=PATH (a folder of .tar shards, a pattern or "
+                          "a list)")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=n),
                               data=dataclasses.replace(cfg.data, num_workers=0))
     loader = build_loader(cfg, urls=expand_shards(cfg.data.shards), rank=0, world_size=1, pin_memory=False)

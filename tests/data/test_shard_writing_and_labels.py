@@ -139,7 +139,8 @@ def test_writer_decodes_and_counts_every_file(tmp_path, monkeypatch):
     assert summary.skipped["truncated"] == 1 and summary.skipped["decompression_bomb"] == 1
     assert summary.seen == len(expected) == summary.samples + sum(summary.skipped.values())
     line = summary.format()
-    assert line.startswith(f"seen {len(expected)} = written {summary.samples} + skipped {len(expected) - summary.samples} (")
+    assert line.startswith(f"seen {len(expected)} = written {summary.samples} + "
+                           f"skipped {len(expected) - summary.samples} (")
     assert "truncated=1" in line and "decompression_bomb=1" in line
 
     fast = write_shards(tmp_path / "corpus", tmp_path / "fast", verify=False, progress=False)  # headers only

@@ -39,7 +39,8 @@ def test_resume_equals_uninterrupted(tmp_path, shards):
     assert "criterion.center" in a and a["criterion.center"].abs().sum() > 0
     lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 7))
-    assert {"loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s", "embed_std", "teacher_entropy"} <= set(lines[0])
+    assert {"loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s", "embed_std",
+            "teacher_entropy"} <= set(lines[0])
     assert (tmp_path / "full" / "config.yaml").is_file()
 
 
@@ -57,7 +58,8 @@ def test_export_round_trip_plain_timm(tmp_path, shards):
     out = Path(result["out_dir"])
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "metrics.jsonl", "model.safetensors",
                                                      "selfsup_export.json"]
-    assert sorted(json.loads((out / "selfsup_export.json").read_text())["files"]) == sorted(p.name for p in out.iterdir())
+    assert (sorted(json.loads((out / "selfsup_export.json").read_text())["files"])
+            == sorted(p.name for p in out.iterdir()))
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["selfsup"]["encoder"] == "teacher"
     assert cfg["selfsup"]["step"] == 3 and cfg["pretrained_cfg"]["input_size"] == [3, 32, 32]
@@ -126,7 +128,8 @@ def test_compiled_backbones_train_like_eager_and_export(tmp_path, shards):
     """train.compile=true (torch.compile on the CPU, inductor + the system C compiler): same keys and, up to
     float rounding, the same weights as the eager run; the export is checked by its plain-timm reload."""
     pretrain(tiny_config(tmp_path / "eager", shards, "train.max_steps=3", "train.save_every=3"))
-    pretrain(tiny_config(tmp_path / "compiled", shards, "train.max_steps=3", "train.save_every=3", "train.compile=true"))
+    pretrain(tiny_config(tmp_path / "compiled", shards, "train.max_steps=3", "train.save_every=3",
+                         "train.compile=true"))
     a, b = last_weights(tmp_path / "eager"), last_weights(tmp_path / "compiled")
     assert a.keys() == b.keys()  # compiling in place leaves state-dict keys unchanged (no `_orig_mod.`)
     for k in a:

@@ -136,7 +136,8 @@ def test_tiny_detector_trains_on_raccoon_images(tmp_path: Path, kind: str,
                                                 raccoon_few: list[DetectionSample]) -> None:
     body = _bodies(_export(tmp_path, kind))[0]
     det = build_detector(body, num_classes=1, img_size=128, fpn_channels=16, proposals=64, rois_per_image=32)
-    before = body.blocks[0].attn.qkv.weight.clone() if kind == "vit" else body.layers[0].blocks[0].attn.qkv.weight.clone()
+    before = (body.blocks[0].attn.qkv.weight.clone() if kind == "vit"
+              else body.layers[0].blocks[0].attn.qkv.weight.clone())
     data = DetectionImages(raccoon_few, img_size=128, train=True)
     losses = train_detector(det, DataLoader(data, batch_size=2, shuffle=True, collate_fn=collate), steps=3, lr=1e-3)
     assert len(losses) == 3 and all(np.isfinite(losses))

@@ -26,7 +26,8 @@ def test_every_common_corruption_runs_is_seeded_and_changes_the_image(name):
 
 
 def test_the_package_release_breaks_where_we_rewrote_it():
-    """If a fixed imagecorruptions release appears, this fails: drop the rewrites in evaluation/probes/corruptions.py."""
+    """If a fixed imagecorruptions release appears, this fails: drop the rewrites in
+    evaluation/probes/corruptions.py."""
     package = imagecorruptions_module()
     for name in ("glass_blur", "fog"):
         with pytest.raises((TypeError, AttributeError)):

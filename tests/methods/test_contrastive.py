@@ -239,7 +239,8 @@ def test_moby_asymmetric_drop_path():
     make = functools.partial(create_backbone, TINY_VIT["name"], drop_path_rate=0.2, model_args=TINY_VIT["model_args"])
     torch.manual_seed(0)
     m = build_moby(make_backbone=make, n_global=2,
-                   **dataclasses.asdict(MoBYConfig(target_drop_path_rate=0.0, queue_size=16, pred_hidden_dim=64, **HEADS)))
+                   **dataclasses.asdict(MoBYConfig(target_drop_path_rate=0.0, queue_size=16, pred_hidden_dim=64,
+                                                   **HEADS)))
     assert any(isinstance(x, DropPath) and x.drop_prob > 0 for x in m.backbone.modules())
     assert not any(isinstance(x, DropPath) for x in m.target_backbone.modules())
     torch.testing.assert_close(_float_params(m.target_backbone), _float_params(m.backbone))

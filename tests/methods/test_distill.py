@@ -193,7 +193,8 @@ def test_students_of_the_issue_train_a_step(teacher_dir, name, args):
 def test_distill_run_resumes_exactly_and_exports_a_timm_student(tmp_path, shards, teacher_dir):
     teacher_bytes = (teacher_dir / "model.safetensors").read_bytes()
     monitor = (f"monitor.data={shards}", "monitor.every=2", "monitor.max_train=16", "monitor.max_val=8")
-    full = pretrain(_config(tmp_path / "full", shards, teacher_dir, "train.max_steps=4", "train.save_every=4", *monitor))
+    full = pretrain(_config(tmp_path / "full", shards, teacher_dir, "train.max_steps=4", "train.save_every=4",
+                            *monitor))
     assert full["steps"] == 4 and full["method"] == "distill"
     pretrain(_config(tmp_path / "cut", shards, teacher_dir, "train.max_steps=2", "train.save_every=2", *monitor))
     resumed = pretrain(_config(tmp_path / "cut", shards, teacher_dir, "train.max_steps=4", "train.save_every=2",

@@ -14,7 +14,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 def test_paper_config_values():
     cfg = load_config(CONFIGS / "dino_vit_small.yaml")
     assert cfg.model.name == "vit_small_patch16_224"
-    assert (cfg.views.n_global, cfg.views.global_crop_size, cfg.views.n_local, cfg.views.local_crop_size) == (2, 224, 10, 96)
+    assert (cfg.views.n_global, cfg.views.global_crop_size, cfg.views.n_local,
+            cfg.views.local_crop_size) == (2, 224, 10, 96)
     assert cfg.optim.weight_decay == 0.04 and cfg.optim.weight_decay_end == 0.4
     assert cfg.method.dino.momentum_teacher == 0.996 and cfg.method.dino.out_dim == 65536
 

@@ -31,7 +31,8 @@ def _dino_worker(rank: int, world: int, port: int, teacher, student, out_dir: st
     dist.init_process_group("gloo", rank=rank, world_size=world)
     b = teacher.shape[1] // world
     loss_fn = DINOLoss(output_dim=teacher.shape[-1])
-    loss = loss_fn(list(teacher[:, rank * b:(rank + 1) * b]), list(student[:, rank * b:(rank + 1) * b]), teacher_temp=0.05)
+    loss = loss_fn(list(teacher[:, rank * b:(rank + 1) * b]), list(student[:, rank * b:(rank + 1) * b]),
+                   teacher_temp=0.05)
     dist.all_reduce(loss)  # DDP averages gradients, i.e. the mean of the per-rank losses
     torch.save({"loss": loss / world, "center": loss_fn.center}, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()

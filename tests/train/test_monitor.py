@@ -137,7 +137,8 @@ def test_best_is_written_atomically(tmp_path):
 
 # --- collapse -------------------------------------------------------------------------------------------------
 
-HEALTHY = {"embed_std": 0.06, "embed_std_healthy": 0.0722, "teacher_entropy": 3.0, "teacher_entropy_max": math.log(4096)}
+HEALTHY = {"embed_std": 0.06, "embed_std_healthy": 0.0722, "teacher_entropy": 3.0,
+           "teacher_entropy_max": math.log(4096)}
 
 
 @pytest.mark.parametrize("signal,value,word", [("embed_std", 0.001, "embed_std"),
@@ -160,7 +161,8 @@ def test_guard_patience_warmup_and_warn(caplog):
     guard.observe(14, bad)
     guard.observe(15, bad)
     assert not guard.allows_save
-    with pytest.raises(TrainingError, match=r"teacher_entropy 8\.3 .*since step 14; last healthy checkpoint: ck/step_00000010"):
+    with pytest.raises(TrainingError,
+                       match=r"teacher_entropy 8\.3 .*since step 14; last healthy checkpoint: ck/step_00000010"):
         guard.observe(16, bad)
     warn = CollapseGuard(patience=2, action="warn", start_step=0)
     for step in range(1, 6):

@@ -133,7 +133,8 @@ def test_safetensors_file_and_classifier_dropped(tmp_path, run_a):
     tmp, _ = run_a
     state = load_file(str(tmp / "a_export" / "model.safetensors"))
     spec = dict(TINY_VIT["model_args"], depth=2)
-    save_file({**state, "head.weight": torch.zeros(10, 192), "head.bias": torch.zeros(10)}, str(tmp_path / "w.safetensors"))
+    save_file({**state, "head.weight": torch.zeros(10, 192), "head.bias": torch.zeros(10)},
+              str(tmp_path / "w.safetensors"))
     model = create_backbone(TINY_VIT["name"], model_args=spec, pretrained=str(tmp_path / "w.safetensors"))
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
 
@@ -163,7 +164,8 @@ def test_pretrained_value_must_be_a_bool_or_a_path(tmp_path):
         tiny_config(tmp_path, tmp_path, "model.pretrained=123")
 
 
-@pytest.mark.parametrize("value,word", [("nowhere/export", "does not exist"), ("{tmp}/a/metrics.jsonl", "not a .safetensors"),
+@pytest.mark.parametrize("value,word", [("nowhere/export", "does not exist"),
+                                        ("{tmp}/a/metrics.jsonl", "not a .safetensors"),
                                         ("{tmp}/a", "no model.safetensors")])
 def test_bad_paths(run_a, value, word):
     tmp, _ = run_a

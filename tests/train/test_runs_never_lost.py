@@ -281,7 +281,8 @@ def test_corrupt_train_state_falls_back_to_the_previous_checkpoint(run, shards, 
     with caplog.at_level(logging.WARNING, logger="selfsup"):
         summary = pretrain(tiny_config(run, shards, "train.max_steps=3", "train.save_every=1", "train.resume=auto"))
     assert summary["steps"] == 3 and summary["steps_this_run"] == 2  # from step 1, not from the corrupt step 2
-    warned = [r.getMessage() for r in caplog.records if "falling back to the previous complete checkpoint" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records
+              if "falling back to the previous complete checkpoint" in r.getMessage()]
     assert len(warned) == 1 and str(newest / "train_state_0.json") in warned[0]
 
 

@@ -85,7 +85,8 @@ def test_wandb_mlflow_tensorboard_offline_read_back(tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard")).Reload()
-    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")] == [(r["step"], r["loss"]) for r in logged]
+    assert ([(e.step, pytest.approx(e.value)) for e in events.Scalars("loss")]
+            == [(r["step"], r["loss"]) for r in logged])
 
 
 # --- a tracker that cannot start: one line naming it, the cause and the fix, before any work ---------------------

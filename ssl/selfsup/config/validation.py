@@ -147,7 +147,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"bad value for 'model.pretrained': {cfg.model.pretrained!r} (expected false, true, or the "
                           "path of a selfsup export, a local-dir: folder or a .safetensors file)")
     if cfg.views.backend == "lightly" and cfg.views.n_global != 2:
-        raise ConfigError("bad value for 'views.n_global': views.backend=lightly (DINOTransform) makes exactly 2 global views")
+        raise ConfigError("bad value for 'views.n_global': views.backend=lightly (DINOTransform) makes exactly 2 "
+                          "global views")
     positive = {
         "train.batch_size": cfg.train.batch_size,
         "train.grad_accum": cfg.train.grad_accum,

@@ -72,7 +72,8 @@ class LabelledImages:
         try:
             return self._load(index)
         except BadSample as e:
-            raise DataError(f"{self._describe(index)}: cannot decode image ({e.reason}); expected a valid image") from None
+            raise DataError(f"{self._describe(index)}: cannot decode image ({e.reason}); "
+                            "expected a valid image") from None
 
     def describe(self, index: int) -> str:
         """Where image ``index`` comes from: its file, ``SHARD#KEY`` or ``DATASET[i]`` (for messages and reports)."""
@@ -186,13 +187,15 @@ def _open_hf(path: Path) -> tuple[Any, str, str, list[str] | None]:
 
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
-        raise DataError(f"{path}: is a DatasetDict with splits {list(ds)}; expected one split, e.g. {path}/{list(ds)[0]}")
+        raise DataError(f"{path}: is a DatasetDict with splits {list(ds)}; expected one split, "
+                        f"e.g. {path}/{list(ds)[0]}")
     image_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.Image)), None)
     label_col = next((c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
     if label_col is None:
         label_col = next((c for c in ("label", "labels", "cls") if c in ds.features), None)
     if image_col is None or label_col is None:
-        raise DataError(f"{path}: columns {list(ds.features)}; expected an Image column and a ClassLabel/'label' column")
+        raise DataError(f"{path}: columns {list(ds.features)}; expected an Image column and a ClassLabel/'label' "
+                        "column")
     feature = ds.features[label_col]
     names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     return ds, image_col, label_col, names

@@ -131,7 +131,8 @@ def _wids_in_folder(folder: str) -> list[str]:
     if is_remote(folder) or not os.path.isdir(folder):
         return []
     skip = {MANIFEST, CLASSES_FILE}
-    return sorted(str(p) for p in Path(folder).glob("*.json") if p.name not in skip and not p.name.endswith(STATS_SUFFIX))
+    return sorted(str(p) for p in Path(folder).glob("*.json")
+                  if p.name not in skip and not p.name.endswith(STATS_SUFFIX))
 
 
 def _stats_url(url: str) -> str | None:

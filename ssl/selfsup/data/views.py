@@ -226,8 +226,9 @@ class MultiCropTransform:
         solarize_prob: solarization probability of the global views after the first one.
         """
         common = dict(
-            hflip_prob=hflip_prob, vflip_prob=vflip_prob, rot90_prob=rot90_prob, cj_prob=cj_prob, brightness=brightness * cj_strength,
-            contrast=contrast * cj_strength, saturation=saturation * cj_strength, hue=hue * cj_strength,
+            hflip_prob=hflip_prob, vflip_prob=vflip_prob, rot90_prob=rot90_prob, cj_prob=cj_prob,
+            brightness=brightness * cj_strength, contrast=contrast * cj_strength,
+            saturation=saturation * cj_strength, hue=hue * cj_strength,
             gray_prob=gray_prob, blur_sigma=blur_sigma, mean=mean, std=std,
         )
         first = ViewTransform(size=global_crop_size, scale=global_crop_scale, blur_prob=blur_probs[0], **common)

@@ -155,7 +155,8 @@ class DINOv2(nn.Module):
 
     @property
     def _teachers(self) -> tuple[nn.Module, ...]:
-        return (self.teacher_backbone, self.teacher_head, *([self.teacher_patch_head] if self.teacher_patch_head else []))
+        return (self.teacher_backbone, self.teacher_head,
+                *([self.teacher_patch_head] if self.teacher_patch_head else []))
 
     def train(self, mode: bool = True) -> DINOv2:
         """The teacher stays in eval mode except its BatchNorm layers (:func:`set_teacher_mode`)."""

@@ -21,7 +21,8 @@ def set_teacher_mode(teachers: tuple[nn.Module, ...], mode: bool) -> None:
 
 
 def teacher_step_context(step: int, steps_per_epoch: int, total_steps: int, *, warmup_teacher_temp: float,
-                         teacher_temp: float, warmup_teacher_temp_epochs: float, momentum_teacher: float) -> StepContext:
+                         teacher_temp: float, warmup_teacher_temp_epochs: float,
+                         momentum_teacher: float) -> StepContext:
     """Teacher temperature warmed up linearly over ``warmup_teacher_temp_epochs``, EMA momentum cosine to 1."""
     temp = linear_warmup(step, round(warmup_teacher_temp_epochs * steps_per_epoch), warmup_teacher_temp, teacher_temp)
     return ema_step_context(step, steps_per_epoch, total_steps, momentum_teacher, teacher_temp=temp)

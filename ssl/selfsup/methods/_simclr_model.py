@@ -56,7 +56,8 @@ class SimCLR(nn.Module):
         z0, z1 = self.projection_head(emb).float().chunk(2)  # (b, k) each
         loss = self.criterion(z0, z1)
         n = z0.shape[0] * dist.world_size()  # the global batch: 1 positive among 2n - 1 candidates
-        return StepOutput(loss=loss, logs={**embed_std_logs(emb[: views[0].shape[0]]), **chance_logs(math.log(2 * n - 1))})
+        return StepOutput(loss=loss, logs={**embed_std_logs(emb[: views[0].shape[0]]),
+                                           **chance_logs(math.log(2 * n - 1))})
 
     def before_optimizer_step(self, ctx: StepContext) -> None:
         pass

@@ -40,7 +40,8 @@ def create_backbone(name: str, *, drop_path_rate: float = 0.0, model_args: dict[
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ConfigError(f"unknown timm model for 'model.name': '{name}' (e.g. {', '.join(close) or 'vit_small_patch16_224'})")
+        raise ConfigError(f"unknown timm model for 'model.name': '{name}' "
+                          f"(e.g. {', '.join(close) or 'vit_small_patch16_224'})")
     model_args = dict(model_args or {})
     last_error: Exception | None = None
     for extra in _MULTI_RES_KWARGS:

@@ -93,7 +93,8 @@ def enable_fsdp2_on_cpu(accelerator: Accelerator) -> None:
     # No public API or hook for this in accelerate 1.14-1.15 (pyproject; tested with 1.15.0): its
     # AcceleratorState.__init__ sets distributed_type=FSDP and fsdp_plugin only for GPU-like types (MULTI_GPU, NPU,
     # XPU, ...), never for MULTI_CPU, and Accelerator(fsdp_plugin=...) is ignored there. So we set the two state
-    # attributes the GPU path sets; tests/train/test_fsdp.py (2 gloo processes) fails if a later accelerate changes them.
+    # attributes the GPU path sets; tests/train/test_fsdp.py (2 gloo processes) fails if a later accelerate changes
+    # them.
     # accelerate keeps its state in two shared dicts; AcceleratorState copies PartialState's on construction.
     PartialState().distributed_type = DistributedType.FSDP
     accelerator.state.distributed_type = DistributedType.FSDP

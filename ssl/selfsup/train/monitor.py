@@ -110,7 +110,8 @@ class KnnMonitor:
         was_training = backbone.training
         backbone.eval()
         try:
-            bank, val = self._embed(backbone, self.split.bank_x, device), self._embed(backbone, self.split.val_x, device)
+            bank = self._embed(backbone, self.split.bank_x, device)
+            val = self._embed(backbone, self.split.val_x, device)
         finally:
             backbone.train(was_training)
         scores = knn_classify(bank, self.split.bank_y, val, k=self.cfg.k, T=KNN_T, num_classes=self.split.num_classes)
@@ -122,7 +123,8 @@ class KnnMonitor:
 
         Returns the values to log: ``knn_top1``, ``knn_top1_best``, ``monitor_s`` (seconds this took)."""
         t0 = time.perf_counter()
-        backbone = self._gathered_backbone(accelerator, prepared) if uses_fsdp(accelerator) else unwrapped.export_backbone()
+        backbone = (self._gathered_backbone(accelerator, prepared) if uses_fsdp(accelerator)
+                    else unwrapped.export_backbone())
         value = self.score(backbone, accelerator.device) if backbone is not None else 0.0
         if accelerator.num_processes > 1:  # one decision for all: the main process's score
             from accelerate.utils import broadcast

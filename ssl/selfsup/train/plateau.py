@@ -46,7 +46,8 @@ def plateau_reason(values: dict[str, float], tolerance: float) -> str | None:
     loss, chance = values.get("objective_loss", values.get("loss")), values.get("loss_chance")
     at_chance = loss is not None and bool(chance) and loss >= (1 - tolerance) * chance
     if uniform and (at_chance or not chance):
-        return f"teacher_entropy {ent:.3f} is within {tolerance:.0%} of ln(out_dim) = {ent_max:.3f} (a near-uniform teacher)"
+        return (f"teacher_entropy {ent:.3f} is within {tolerance:.0%} of ln(out_dim) = {ent_max:.3f} "
+                "(a near-uniform teacher)")
     if at_chance:
         return f"loss {loss:.3f} is within {tolerance:.0%} of its chance level {chance:.3f} (nothing learnt yet)"
     return None
