@@ -8,7 +8,10 @@ import functools
 import http.server
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -16,11 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_shards import _stream
 
 import selfsup.config
 import selfsup.data.shard_index as shard_index
 from selfsup.cli import main as cli_main
+from selfsup.config import save_config
 from selfsup.data.count import count_samples
 from selfsup.data.shard_index import ShardCounts, read_shard_index, shard_counts
 from selfsup.data.shard_writer import MANIFEST, write_shards
@@ -29,6 +32,7 @@ from selfsup.errors import ConfigError, DataError
 from selfsup.train.loop import pretrain
 from selfsup.train.main_only import on_main
 from tests.fixtures.pipeline import make_image_folder, make_shards, tiny_config
+from tests.fixtures.streams import tiny_stream
 
 N_SHARDS, PER_SHARD = 40, 2
 
@@ -198,12 +202,12 @@ def test_a_broken_shard_is_skipped_not_called_stale(tmp_path, three):
     data = Path(good).read_bytes()
     Path(broken).write_bytes(data[: len(data) // 2])  # truncated: fewer samples than the index says
     counts = {good: (8, "index.json"), broken: (8, "index.json")}
-    skipped = _first_epoch(_stream([good, broken], shard_counts=counts, max_bad_fraction=1.0))
+    skipped = _first_epoch(tiny_stream([good, broken], shard_counts=counts, max_bad_fraction=1.0))
     assert skipped["corrupt_shard"] == 1
 
     counts[good] = (7, "index.json")  # the same stream with a wrong count for the intact shard
     with pytest.raises(DataError, match=f"^{good}: holds 8 samples but its shard index index.json says 7;"):
-        _first_epoch(_stream([good, broken], shard_counts=counts, max_bad_fraction=1.0))
+        _first_epoch(tiny_stream([good, broken], shard_counts=counts, max_bad_fraction=1.0))
 
 
 def test_under_ddp_only_the_main_process_reads_the_index(tmp_path, forty):
@@ -220,3 +224,28 @@ def test_under_ddp_only_the_main_process_reads_the_index(tmp_path, forty):
     assert summary["samples_per_epoch"] == N_SHARDS * PER_SHARD and summary["distributed"] == "MULTI_CPU"
     assert requested.count(f"/{MANIFEST}") == 1, requested
     assert 0 < len([p for p in requested if p.endswith(".tar")]) < N_SHARDS // 2, requested
+
+
+def test_a_run_that_stops_on_a_data_error_ends_its_data_workers_and_exits(tmp_path, three):
+    """The workers ignore SIGTERM (pre-emption is the training process's call), so a run must end them itself: the
+    same stale index as above, with a data worker, in a fresh process that keeps the error (and its traceback)
+    alive until exit, as a caller or test framework may. Before, multiprocessing's exit handler waited for the
+    worker forever."""
+    stale = _stale(tmp_path, three)
+    cfg = tiny_config(tmp_path / "run", stale, "train.max_steps=12", "data.num_workers=1")
+    config = save_config(cfg, tmp_path / "config")  # config/config.yaml
+    script = (
+        "import sys\n"
+        "from selfsup.config import load_config\n"
+        "from selfsup.errors import DataError\n"
+        "from selfsup.train.loop import pretrain\n"
+        "try:\n"
+        f"    pretrain(load_config({str(config)!r}))\n"
+        "except DataError as e:\n"
+        "    kept = e  # the traceback, and the frames it holds, stay alive until the interpreter exits\n"
+        "    print('stopped:', e)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped:" in done.stdout and "shard-000001.tar" in done.stdout

@@ -12,11 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from selfsup.build import multicrop_transform, stream_options
-from selfsup.config import DataConfig, ViewsConfig
 from selfsup.data.loader import make_loader
 from selfsup.data.position import DataPosition
 from selfsup.data.shard_list import expand_shards
@@ -24,18 +21,10 @@ from selfsup.data.shard_writer import write_shards
 from selfsup.data.stream import ShardStream
 from selfsup.errors import DataError
 from tests.fixtures.corpus import BOMB_LIMIT, OK, make_bad_corpus
+from tests.fixtures.streams import png_bytes, same_batch, stream_kwargs, tiny_stream, tiny_transform
 
 CLASSES = ("cat", "dog", "eel")
 PER_CLASS = 8
-
-
-def _transform():
-    return multicrop_transform(ViewsConfig(global_crop_size=16, local_crop_size=8, n_local=1))
-
-
-def _options(**data) -> dict:
-    """ShardStream's data.* keyword arguments: the config defaults, one shard at a time, and ``data``."""
-    return stream_options(DataConfig(**{"shard_interleave": 1, **data}))
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +56,6 @@ def _all_keys() -> set[str]:
         for i in range(PER_CLASS):
             keys.add(f"{c}/{'sub/' if i == 0 else ''}{f'img_{i}' if i % 2 else f'img{i}'}")
     return keys
-
-
-def _stream(urls, **kw) -> ShardStream:
-    data = {k: kw.pop(k) for k in ("max_bad_fraction", "bad_window", "allow_pipe") if k in kw}
-    args = dict(urls=urls, transform=_transform(), batch_size=3, seed=7, **_options(shuffle_buffer=4, **data))
-    args.update(kw)
-    return ShardStream(**args)
 
 
 def _epoch_keys(batches, n_workers: int, epoch: int = 0) -> list[str]:
@@ -142,7 +124,8 @@ def test_writer_reads_a_saved_hugging_face_dataset(tmp_path):
     assert summary.samples == 4 and summary.classes == ["a", "b"]
     urls = expand_shards(str(tmp_path / "out"))
     keys, labels = [], []
-    for batch in ShardStream(urls=urls, transform=_transform(), batch_size=1, seed=0, **_options(shuffle_buffer=0)):
+    for batch in ShardStream(urls=urls, transform=tiny_transform(), batch_size=1, seed=0,
+                             **stream_kwargs(shuffle_buffer=0)):
         if batch["meta"]["epoch"] > 0:
             break
         keys += batch["keys"]
@@ -178,7 +161,7 @@ def test_one_epoch_over_2_ranks_x_2_workers_covers_every_sample_once(shards):
     urls = expand_shards(str(shards))
     keys: list[str] = []
     for rank in (0, 1):
-        ds = _stream(urls, rank=rank, world_size=2)
+        ds = tiny_stream(urls, rank=rank, world_size=2)
         loader = make_loader(ds, num_workers=2, pin_memory=False, persistent_workers=False)
         keys += _epoch_keys(iter(loader), n_workers=2)
     assert sorted(keys) == sorted(_all_keys())
@@ -193,12 +176,12 @@ def test_fewer_shards_than_slots_still_covers_every_sample_once(shards, n_shards
             expected += sorted({m.name.split(".")[0] for m in tf.getmembers()})
     keys: list[str] = []
     for rank in range(4):  # 4 slots
-        keys += _epoch_keys(iter(_stream(urls, rank=rank, world_size=4, batch_size=1)), n_workers=1)
+        keys += _epoch_keys(iter(tiny_stream(urls, rank=rank, world_size=4, batch_size=1)), n_workers=1)
     assert sorted(keys) == sorted(expected)
 
 
 def test_epochs_differ_and_labels_match_keys(shards):
-    it = iter(_stream(expand_shards(str(shards)), batch_size=4))
+    it = iter(tiny_stream(expand_shards(str(shards)), batch_size=4))
     batches = [next(it) for _ in range(12)]  # 48 samples = 2 epochs
     order = [k for b in batches for k in b["keys"]]
     assert sorted(order[:24]) == sorted(order[24:]) and order[:24] != order[24:]
@@ -207,17 +190,11 @@ def test_epochs_differ_and_labels_match_keys(shards):
         assert [tuple(v.shape) for v in b["views"]] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)]
 
 
-def _same(a: dict, b: dict) -> bool:
-    return a["keys"] == b["keys"] and all(torch.equal(x, y) for x, y in zip(a["views"], b["views"])) and (
-        a["meta"]["epoch"], a["meta"]["offset"], a["meta"]["worker"]) == (b["meta"]["epoch"], b["meta"]["offset"],
-                                                                         b["meta"]["worker"])
-
-
 @pytest.mark.parametrize("num_workers,stop", [(2, 5), (0, 6)])
 def test_resume_mid_epoch_is_bit_identical(shards, num_workers, stop):
     urls = expand_shards(str(shards))
     total = 12  # crosses the epoch boundary: 24 samples, batches of 3
-    loader = make_loader(_stream(urls), num_workers=num_workers, pin_memory=False, persistent_workers=False)
+    loader = make_loader(tiny_stream(urls), num_workers=num_workers, pin_memory=False, persistent_workers=False)
     reference = []
     position = DataPosition(num_workers=num_workers)
     for i, batch in zip(range(total), loader):
@@ -229,10 +206,10 @@ def test_resume_mid_epoch_is_bit_identical(shards, num_workers, stop):
     state = json.loads(json.dumps(position.state_dict()))  # goes through a JSON checkpoint
     restored = DataPosition(num_workers=num_workers)
     restored.load_state_dict(state)
-    ds = _stream(urls, start_positions=restored.start_positions(), first_worker=restored.next_worker)
+    ds = tiny_stream(urls, start_positions=restored.start_positions(), first_worker=restored.next_worker)
     resumed = make_loader(ds, num_workers=num_workers, pin_memory=False, persistent_workers=False)
     continuation = [b for _, b in zip(range(total - stop), resumed)]
-    assert all(_same(a, b) for a, b in zip(reference[stop:], continuation))
+    assert all(same_batch(a, b) for a, b in zip(reference[stop:], continuation))
     assert len(continuation) == total - stop
 
 
@@ -256,24 +233,18 @@ def _tar(path: Path, members: dict[str, bytes]) -> None:
             tf.addfile(info, io.BytesIO(data))
 
 
-def _png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (12, 12), (value, value, value)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_broken_shards_and_members_are_skipped_and_counted(tmp_path):
-    good = {f"good{i}.png": _png(i) for i in range(6)}
+    good = {f"good{i}.png": png_bytes(i) for i in range(6)}
     _tar(tmp_path / "a.tar", good)
     _tar(tmp_path / "empty.tar", {})
-    _tar(tmp_path / "no_image.tar", {"lonely.cls": b"1", "ok7.png": _png(7)})
+    _tar(tmp_path / "no_image.tar", {"lonely.cls": b"1", "ok7.png": png_bytes(7)})
     (tmp_path / "corrupt.tar").write_bytes(random.Random(0).randbytes(4096))
-    _tar(tmp_path / "big.tar", {f"trunc{i}.png": _png(10 + i) + b"\0" * 3000 for i in range(4)})
+    _tar(tmp_path / "big.tar", {f"trunc{i}.png": png_bytes(10 + i) + b"\0" * 3000 for i in range(4)})
     data = (tmp_path / "big.tar").read_bytes()
     (tmp_path / "truncated.tar").write_bytes(data[: len(data) // 2])
     urls = [str(tmp_path / n) for n in ("a.tar", "empty.tar", "no_image.tar", "corrupt.tar", "truncated.tar",
                                         "missing.tar")]
-    ds = _stream(urls, batch_size=1, max_bad_fraction=1.0)
+    ds = tiny_stream(urls, batch_size=1, max_bad_fraction=1.0)
     keys: list[str] = []
     skipped: Counter[str] = Counter()
     for batch in ds:
@@ -289,8 +260,8 @@ def test_broken_shards_and_members_are_skipped_and_counted(tmp_path):
 
 
 def test_too_many_bad_samples_is_a_data_error(tmp_path):
-    _tar(tmp_path / "bad.tar", {**{f"b{i}.jpg": b"garbage" for i in range(30)}, "g.png": _png(1)})
-    ds = _stream([str(tmp_path / "bad.tar")], batch_size=1, max_bad_fraction=0.1, bad_window=100)
+    _tar(tmp_path / "bad.tar", {**{f"b{i}.jpg": b"garbage" for i in range(30)}, "g.png": png_bytes(1)})
+    ds = tiny_stream([str(tmp_path / "bad.tar")], batch_size=1, max_bad_fraction=0.1, bad_window=100)
     with pytest.raises(DataError, match=r"11 of the last \d+ samples were bad \(not_an_image=11\); check the shards"):
         for _ in ds:
             pass
@@ -300,7 +271,7 @@ def test_bad_corpus_round_trip(tmp_path, monkeypatch):
     expected = make_bad_corpus(tmp_path / "corpus")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", BOMB_LIMIT)
     summary = write_shards(tmp_path / "corpus", tmp_path / "out", progress=False)
-    ds = _stream(expand_shards(str(tmp_path / "out")), batch_size=1, max_bad_fraction=1.0)
+    ds = tiny_stream(expand_shards(str(tmp_path / "out")), batch_size=1, max_bad_fraction=1.0)
     keys: list[str] = []
     skipped: Counter[str] = Counter(summary.skipped)
     for batch in ds:

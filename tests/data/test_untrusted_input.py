@@ -17,7 +17,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_shards import _png, _same, _stream
 
 from selfsup import cli
 from selfsup.build import stream_options
@@ -32,6 +31,7 @@ from selfsup.data.stream import ShardStream
 from selfsup.errors import ConfigError, DataError
 from tests.fixtures.launch import free_port
 from tests.fixtures.pipeline import make_image_folder
+from tests.fixtures.streams import png_bytes, same_batch, tiny_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "dino_vit_tiny_cpu.yaml"
@@ -115,7 +115,7 @@ def test_pipe_urls_work_when_allowed(tmp_path, shards):
     listing.write_text("".join(f"pipe:cat {t}\n" for t in sorted(shards.glob("*.tar"))))
     assert len(open_labelled(str(listing), allow_pipe=True)) == 12  # selfsup-eval --allow-pipe
     urls = expand_shards(str(listing), allow_pipe=True)
-    keys, _ = _epoch(_stream(urls, batch_size=1, allow_pipe=True))  # data.allow_pipe=true
+    keys, _ = _epoch(tiny_stream(urls, batch_size=1, allow_pipe=True))  # data.allow_pipe=true
     assert len(keys) == 12 and count_samples(urls, allow_pipe=True) == 12
 
 
@@ -124,13 +124,13 @@ def test_http_shards_stream_like_local_ones(shards, http_base):
     local = expand_shards(str(shards))
     remote = [f"{http_base}/{Path(u).name}" for u in local]
     assert count_samples(remote) == count_samples(local) == 12
-    assert _epoch(_stream(remote, batch_size=2))[0] == _epoch(_stream(local, batch_size=2))[0]
+    assert _epoch(tiny_stream(remote, batch_size=2))[0] == _epoch(tiny_stream(local, batch_size=2))[0]
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_http_shards_resume_exactly_mid_shard(shards, http_base, num_workers):
     urls = [f"{http_base}/{t.name}" for t in sorted(shards.glob("*.tar"))]
-    loader = make_loader(_stream(urls, batch_size=2), num_workers=num_workers, pin_memory=False,
+    loader = make_loader(tiny_stream(urls, batch_size=2), num_workers=num_workers, pin_memory=False,
                          persistent_workers=False)
     total, stop = 8, 2  # batches of 2 through a 4-sample shuffle buffer: raw reader 8 samples in, mid shard 2
     reference, position = [], DataPosition(num_workers=num_workers)
@@ -141,11 +141,11 @@ def test_http_shards_resume_exactly_mid_shard(shards, http_base, num_workers):
     assert any(o % 5 for _, o in position.start_positions().values())  # stopped inside a 5-sample shard
     restored = DataPosition(num_workers=num_workers)
     restored.load_state_dict(json.loads(json.dumps(position.state_dict())))
-    ds = _stream(urls, batch_size=2, start_positions=restored.start_positions(), first_worker=restored.next_worker)
+    ds = tiny_stream(urls, batch_size=2, start_positions=restored.start_positions(), first_worker=restored.next_worker)
     resumed = make_loader(ds, num_workers=num_workers, pin_memory=False, persistent_workers=False)
     continuation = [b for _, b in zip(range(total - stop), resumed)]
     assert len(continuation) == total - stop
-    assert all(_same(a, b) for a, b in zip(reference[stop:], continuation))
+    assert all(same_batch(a, b) for a, b in zip(reference[stop:], continuation))
 
 
 def test_unreachable_url_is_one_line_after_the_retries(tmp_path, shards, http_base, capsys):
@@ -157,7 +157,7 @@ def test_unreachable_url_is_one_line_after_the_retries(tmp_path, shards, http_ba
     code, err = _run_cli(capsys, "pretrain", str(TINY), f"run.dir={tmp_path / 'run'}", f"data.shards={closed}")
     assert code == 2 and len(err.splitlines()) == 1 and "shard-000000.tar: unreachable after 3 tries" in err
     # Mid-run (nothing counted up front), the reader skips the shard and counts it.
-    keys, skipped = _epoch(_stream([f"{http_base}/shard-000000.tar", closed.replace("{000000..000001}", "000000")],
+    keys, skipped = _epoch(tiny_stream([f"{http_base}/shard-000000.tar", closed.replace("{000000..000001}", "000000")],
                                    batch_size=1, max_bad_fraction=1.0))
     assert len(keys) == 5 and skipped["unreachable_shard"] >= 1
     with pytest.raises(ShardOpenError, match="HTTP 404"):  # the server answered: no retries
@@ -177,35 +177,36 @@ def _tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> Path:
 
 def test_non_utf8_member_names_neither_stop_nor_break_resume(tmp_path):
     names = ["a", "b\udcff\udcfe", "c", "d\udce9t\udce9", "e", "f"]
-    tar = _tar(tmp_path / "odd.tar", [(f"{n}.png", _png(i * 30)) for i, n in enumerate(names)])
-    keys, skipped = _epoch(_stream([str(tar)], batch_size=1))
+    tar = _tar(tmp_path / "odd.tar", [(f"{n}.png", png_bytes(i * 30)) for i, n in enumerate(names)])
+    keys, skipped = _epoch(tiny_stream([str(tar)], batch_size=1))
     assert sorted(keys) == sorted(names) and not skipped
-    loader = make_loader(_stream([str(tar)], batch_size=2), num_workers=1, pin_memory=False, persistent_workers=False)
+    loader = make_loader(tiny_stream([str(tar)], batch_size=2), num_workers=1, pin_memory=False,
+                         persistent_workers=False)
     reference = [b for _, b in zip(range(6), loader)]  # 2 epochs through a worker process
     position = DataPosition(num_workers=1)
     position.update(reference[0]["meta"])
-    ds = _stream([str(tar)], batch_size=2, start_positions=position.start_positions())
+    ds = tiny_stream([str(tar)], batch_size=2, start_positions=position.start_positions())
     resumed = [b for _, b in zip(range(5), ds)]
-    assert all(_same(a, b) for a, b in zip(reference[1:], resumed))
+    assert all(same_batch(a, b) for a, b in zip(reference[1:], resumed))
 
 
 def test_non_utf8_member_names_load_in_evaluation(tmp_path):
     names = ["a", "b\udcff", "c", "d\udce9"]
     members = [(f"{n}.{ext}", data) for i, n in enumerate(names)
-               for ext, data in (("png", _png(i)), ("cls", b"%d" % (i % 2)))]
+               for ext, data in (("png", png_bytes(i)), ("cls", b"%d" % (i % 2)))]
     images = open_labelled(str(_tar(tmp_path / "odd.tar", members)))
     assert len(images) == 4 and images.classes == ["0", "1"] and images.image(1).size == (12, 12)
 
 
 def test_oversized_member_is_skipped_counted_and_never_read(tmp_path, monkeypatch):
     big = bytes(8 * 2**20)  # 8 MB of zeros: a 2 kB member once gzip-compressed
-    members = [("a.png", _png(1)), ("a.cls", b"0"), ("huge.png", big), ("huge.cls", b"1"), ("z.png", _png(2))]
+    members = [("a.png", png_bytes(1)), ("a.cls", b"0"), ("huge.png", big), ("huge.cls", b"1"), ("z.png", png_bytes(2))]
     tar = _tar(tmp_path / "bomb.tar.gz", members, mode="w:gz")
     assert tar.stat().st_size < 100_000
     read: list[str] = []
     extract = tarfile.TarFile.extractfile
     monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda self, m: read.append(m.name) or extract(self, m))
-    keys, skipped = _epoch(_stream([str(tar)], batch_size=1, max_sample_bytes=2**20, max_bad_fraction=1.0,
+    keys, skipped = _epoch(tiny_stream([str(tar)], batch_size=1, max_sample_bytes=2**20, max_bad_fraction=1.0,
                                    shuffle_buffer=0))
     assert sorted(keys) == ["a", "z"] and skipped == {"too_large": 1}
     assert "huge.png" not in read and "a.png" in read

@@ -3,6 +3,9 @@ resume the first batch comes from the worker after the last consumed one."""
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers multiprocessing's exit handler before ours
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -43,12 +46,15 @@ def make_loader(
     num_workers: int,
     pin_memory: bool,
     prefetch_factor: int = 2,
-    persistent_workers: bool = True,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader over a :class:`ShardStream` (batches are made in the workers: ``batch_size=None``).
 
     ``num_workers=0`` reads in the main process as worker 0 of 1. The workers ignore SIGTERM and SIGUSR1: the
     training process stops on them after its step (:mod:`selfsup.train.preempt`), and needs its workers until then.
+    So they must be ended by the loader, not by a signal: the training loop iterates once over an endless stream and
+    closes that iterator when it stops (``persistent_workers`` is off by default, so no DataLoader keeps a second
+    reference to the workers after that).
     """
     extra: dict[str, Any] = {}
     if num_workers > 0:
@@ -57,3 +63,16 @@ def make_loader(
     loader = _RoundRobinLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)
     loader.first_worker = getattr(dataset, "first_worker", 0)
     return loader
+
+
+def _kill_daemonic_children() -> None:
+    """At interpreter exit, before multiprocessing's own exit handler (``atexit`` runs the last registered first):
+    SIGKILL the daemonic children, which that handler would SIGTERM and then join without a timeout. Data workers
+    ignore SIGTERM (pre-emption is the training process's call), so when an error kept a DataLoader iterator
+    alive (a traceback held by the caller holds its frames) that join would wait forever."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_daemonic_children)

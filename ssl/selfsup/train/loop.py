@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,10 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
         position.update(batch["meta"])
         return [v.to(accelerator.device, non_blocking=True) for v in batch["views"]]
 
-    with stop:  # from before the data workers start: they ignore the signals, this process decides
-        batches = iter(loader)
+    # from before the data workers start: they ignore the signals, this process decides. closing(): the workers end
+    # with the loop, also on an error whose traceback keeps this frame alive (they ignore SIGTERM, so multiprocessing's
+    # exit handler, which terminates and then joins them, would wait for them forever)
+    with stop, closing(iter(loader)) as batches:
         method.train()
         while state.step < stop_step:
             out = step(next_views)  # out.stop: a process got SIGTERM / SIGUSR1, agreed by all in the step
