@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from selfsup.optim.schedules import cosine, linear_warmup, scaled_lr, warmup_cosine
+from selfsup.train.accelerator import cpu_has_bf16
 
 DATA = Path("runs/cifar10_methods")
 CONFIGS = {"dino": "configs/dino_vit_tiny_small_data.yaml", "dinov2": "configs/dinov2_vit_tiny_small_data.yaml",
@@ -63,7 +64,9 @@ def _views(cfg) -> DINOTransform:
 
 
 def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
-    """The plain loop: DataLoader(shuffle=True), lightly heads + loss + update_momentum, AdamW, bf16 autocast."""
+    """The plain loop: DataLoader(shuffle=True), lightly heads + loss + update_momentum, AdamW, bf16 autocast (fp32
+    on a CPU without bf16 instructions, as ``selfsup pretrain`` does there)."""
+    bf16 = cfg.train.mixed_precision == "bf16" and cpu_has_bf16()
     torch.manual_seed(seed)
     model_args = {**OmegaConf.to_container(cfg.model.args), "dynamic_img_size": True}  # ViT: local crops too
     backbone = timm.create_model(cfg.model.name, num_classes=0, drop_path_rate=cfg.model.drop_path_rate, **model_args)
@@ -130,7 +133,7 @@ def run_reference(method: str, seed: int, cfg, steps: int, out: Path) -> dict:
                                                                                    cfg.optim.min_lr)
             opt.param_groups[0]["weight_decay"] = cosine(step, steps, cfg.optim.weight_decay,
                                                          cfg.optim.weight_decay_end)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.mixed_precision == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if method == "dino":
                     d = cfg.method.dino
                     n_global = cfg.views.n_global

@@ -31,6 +31,7 @@ from PIL import Image
 from evaluation.loading.backbones import ModelSource, load_model
 from evaluation.loading.features import model_transform
 from evaluation.loading.images import ImageStream, embed_stream, image_files, iter_images
+from evaluation.settings import DEFAULTS
 from selfsup.data.decode import decode_rgb
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError
@@ -88,8 +89,9 @@ def pool_identity(files: list[tuple[str, str]] | None, urls: list[str] | None) -
     return h.hexdigest()
 
 
-def load_pool(*, weights: str, images: str, cache_dir: str | Path, batch_size: int = 128, num_workers: int = 0,
-              device: str = "auto", img_size: int | None = None) -> Pool:
+def load_pool(*, weights: str, images: str, cache_dir: str | Path, batch_size: int = DEFAULTS.batch_size,
+              num_workers: int = DEFAULTS.num_workers,
+              device: str = DEFAULTS.device, img_size: int | None = None) -> Pool:
     """Embed and fingerprint every image of ``images`` with the export ``weights`` (or read the cached pass)."""
     files, urls = pool_sources(images)
     loaded = load_model(ModelSource("pretrained", "export", weights), img_size=img_size)

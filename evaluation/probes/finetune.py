@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from timm.optim import create_optimizer_v2
 
+from evaluation.settings import DEFAULTS
 from selfsup.data.labelled import LabelledImages, TransformedImages
 from selfsup.knn import topk_accuracy
 from selfsup.optim.schedules import warmup_cosine
@@ -32,8 +33,9 @@ def train_transform(data_config: dict) -> torch.nn.Module:
 
 def finetune(model: torch.nn.Module, images: LabelledImages, train_indices: list[int], val_images: LabelledImages, *,
              num_classes: int, data_config: dict, eval_transform: torch.nn.Module, steps: int = 100,
-             batch_size: int = 64, lr: float = 5e-4, weight_decay: float = 0.05, layer_decay: float = 0.65,
-             warmup_steps: int | None = None, seed: int = 0, num_workers: int = 0,
+             batch_size: int = DEFAULTS.finetune_batch_size, lr: float = DEFAULTS.finetune_lr,
+             weight_decay: float = 0.05, layer_decay: float = 0.65,
+             warmup_steps: int | None = None, seed: int = 0, num_workers: int = DEFAULTS.num_workers,
              device: torch.device = CPU) -> dict[str, float | None]:
     """Fine-tune ``model`` (a timm backbone, its head replaced) on ``train_indices`` and score it on ``val_images``.
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evaluation.settings import DEFAULTS
 from selfsup.knn import topk_accuracy
 from selfsup.optim.schedules import cosine
 
@@ -80,7 +81,8 @@ class LinearProbe(torch.nn.Module):
 
 
 def train_linear_grid(feats: torch.Tensor, labels: torch.Tensor, *, num_classes: int, lrs: list[float],
-                      wds: list[float], steps: int = 300, batch_size: int = 256, seed: int = 0) -> list[LinearProbe]:
+                      wds: list[float], steps: int = DEFAULTS.linear_steps, batch_size: int = 256,
+                      seed: int = 0) -> list[LinearProbe]:
     """Fit one ``standardise -> Linear(d, c)`` probe per ``(lrs[g], wds[g])``, all in one batched loop.
 
     AdamW (Loshchilov & Hutter, 2019) written out for a stack of ``g`` independent heads, so a grid costs
@@ -131,7 +133,7 @@ def train_linear_grid(feats: torch.Tensor, labels: torch.Tensor, *, num_classes:
 
 
 def train_linear(feats: torch.Tensor, labels: torch.Tensor, *, num_classes: int, lr: float, wd: float,
-                 steps: int = 300, batch_size: int = 256, seed: int = 0) -> LinearProbe:
+                 steps: int = DEFAULTS.linear_steps, batch_size: int = 256, seed: int = 0) -> LinearProbe:
     """One probe: :func:`train_linear_grid` with a single (lr, wd)."""
     return train_linear_grid(feats, labels, num_classes=num_classes, lrs=[lr], wds=[wd], steps=steps,
                              batch_size=batch_size, seed=seed)[0]
@@ -139,7 +141,7 @@ def train_linear(feats: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, *, num_classes: int, lrs: tuple[float, ...] = DEFAULT_LRS,
-                 wds: tuple[float, ...] = DEFAULT_WDS, holdout_share: float = 0.2, steps: int = 300,
+                 wds: tuple[float, ...] = DEFAULT_WDS, holdout_share: float = 0.2, steps: int = DEFAULTS.linear_steps,
                  batch_size: int = 256, seed: int = 0) -> ProbeResult:
     """Choose (lr, wd) on a held-out part of the training rows, refit on all of them, score on the test rows.
 

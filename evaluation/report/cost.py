@@ -8,12 +8,13 @@ from typing import Any
 
 from evaluation.report.plots import plot_accuracy_vs_latency
 from evaluation.report.tables import md_table
+from evaluation.settings import DEFAULTS
 
 PLOT_FILE = "accuracy_vs_latency.png"
 
 
 def deploy_table(rows: list[dict[str, Any]], fractions: list[float],
-                 knn_k: int = 20) -> tuple[list[str], list[list[str]]]:
+                 knn_k: int = DEFAULTS.knn_k) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the markdown table."""
     header = ["model", "params (M)", "MACs/img (M)", "file (MiB)", "latency b=1 (ms)", "throughput b=32 (img/s)"]
     header += [f"kNN k={knn_k} {100 * f:g}%" for f in fractions] + [f"linear {100 * f:g}%" for f in fractions]

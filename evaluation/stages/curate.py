@@ -33,6 +33,7 @@ from evaluation.loading.pool import Pool, check_out_folder, labelled_classes, lo
 from evaluation.probes.cleaning import find_label_issues, outlier_scores
 from evaluation.probes.duplicates import DUP_THRESHOLD, MAX_HASH_DISTANCE, ImageLoader, Prints, Rule, find_duplicates
 from evaluation.probes.retrieval import nearest_neighbours
+from evaluation.settings import DEFAULTS
 from selfsup.data.decode import decode_rgb
 from selfsup.errors import ConfigError
 
@@ -144,7 +145,8 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 def run_curate(*, weights: str, images: str, out: str | Path, labels: str | None = None,
                dup_threshold: float = DUP_THRESHOLD, max_hash_distance: int = MAX_HASH_DISTANCE,
-               cache: str | None = None, batch_size: int = 128, num_workers: int = 0, device: str = "auto",
+               cache: str | None = None, batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+               device: str = DEFAULTS.device,
                img_size: int | None = None, command: str = "") -> dict[str, Any]:
     """Find duplicates, outliers and (with ``labels``) label issues; write them into ``out`` (module docstring)."""
     out = Path(out)
@@ -188,7 +190,7 @@ def add_curate_parser(sub: Any) -> None:
     p.add_argument("--max-hash-distance", type=int, default=MAX_HASH_DISTANCE,
                    help=f"perceptual-hash bits (of 64) two copies may differ in (default {MAX_HASH_DISTANCE})")
     p.add_argument("--cache", default=None, help=f"feature cache folder (default OUT/{CACHE_DIR})")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--img-size", type=int, default=None, help="override the export's input size")

@@ -32,13 +32,15 @@ from evaluation.loading.backbones import ModelSource
 from evaluation.loading.features import resolve_device
 from evaluation.loading.fractions import nested_subset
 from evaluation.results import detection_rows, write_stage
+from evaluation.settings import DEFAULTS
 from evaluation.stages.data_check import identical_check
 
 
 def run_detection(sources: list[ModelSource], *, data: str, out: str | Path, fractions: list[float],
                   seeds: list[int], steps: int, img_size: int, batch_size: int, lr: float, weight_decay: float,
                   layer_decay: float, fpn_channels: int, proposals: int, rois_per_image: int,
-                  images: str | None = None, val_data: str | None = None, device: str = "auto", log_every: int = 0,
+                  images: str | None = None, val_data: str | None = None, device: str = DEFAULTS.device,
+                  log_every: int = 0,
                   command: str = "") -> dict[str, Any]:
     """Fine-tune and evaluate one Faster R-CNN per (source, fraction, seed) on ``data`` (a VOC folder or COCO
     JSON, :func:`~evaluation.detection.data.load_detection_dataset`); writes ``OUT/detection.json`` and returns it

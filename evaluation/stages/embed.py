@@ -24,6 +24,7 @@ import safetensors.torch
 from evaluation.loading.backbones import ModelSource, load_model
 from evaluation.loading.features import model_transform
 from evaluation.loading.images import ImageStream, embed_stream, image_files
+from evaluation.settings import DEFAULTS
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, DataError
 
@@ -31,7 +32,8 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 
 
 def run_embed(*, weights: str, out: str | Path, images: str | None = None, shards: str | None = None,
-              batch_size: int = 128, num_workers: int = 0, device: str = "auto",
+              batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+              device: str = DEFAULTS.device,
               img_size: int | None = None) -> Path:
     """Embed every image of ``images`` (a folder) or ``shards`` with the export ``weights``; returns the file."""
     if (images is None) == (shards is None):
@@ -67,7 +69,7 @@ def add_embed_parser(sub: Any) -> None:
     src.add_argument("--images", default=None, help="a folder of images (recursive)")
     src.add_argument("--shards", default=None, help="webdataset shards: a .tar, a folder, a brace pattern, a glob")
     p.add_argument("--out", required=True, help=f"output folder (writes OUT/{EMBEDDINGS_FILE})")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--img-size", type=int, default=None, help="override the export's input size")

@@ -31,6 +31,7 @@ from evaluation.probes.attention import cls_attention, supports_attention_maps, 
 from evaluation.probes.pca_maps import pca_rgb, spatial_features
 from evaluation.probes.projection import project_2d, resolve_method
 from evaluation.probes.retrieval import nearest_neighbours, precision_at_k
+from evaluation.settings import DEFAULTS
 from evaluation.stages.classification import EvalData
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
 from selfsup.data.labelled import LabelledImages
@@ -57,7 +58,8 @@ def _hwc(u8: torch.Tensor) -> list[np.ndarray]:
 
 
 def run_visual(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = None,
-               batch_size: int = 128, num_workers: int = 0, device: str = "auto", n_images: int = 4,
+               batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+               device: str = DEFAULTS.device, n_images: int = 4,
                n_queries: int = 4, k: int = 5, projection: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Draw the section's figures into ``out`` and write ``OUT/visual.json``; returns it.
 

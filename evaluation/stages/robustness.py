@@ -74,7 +74,8 @@ def robustness_val(val: LabelledImages, max_val: int | None, seed: int = 0) -> L
 
 def run_robustness(data: EvalData, sources: list[ModelSource], *, out: str | Path, corruptions: list[str],
                    severities: list[int], max_val: int | None = None, img_size: int | None = None,
-                   batch_size: int = 128, num_workers: int = 0, device: str = "auto") -> dict[str, Any]:
+                   batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
+                   device: str = DEFAULTS.device) -> dict[str, Any]:
     """Clean and corrupted kNN / linear-probe accuracy of every model -> ``OUT/robustness.json`` + heat map."""
     check_names(corruptions, severities)
     if any(c not in REWRITTEN for c in corruptions):

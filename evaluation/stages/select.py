@@ -27,6 +27,7 @@ import numpy as np
 
 from evaluation.loading.pool import Pool, check_out_folder, labelled_classes, load_pool, pool_sources
 from evaluation.probes.selection import DEFAULT_STRATEGY, STRATEGIES, select
+from evaluation.settings import DEFAULTS
 from selfsup.errors import CheckpointError, ConfigError, DataError
 
 OUTPUTS = ("selection.txt", "selection.json", "selection.png")
@@ -42,7 +43,8 @@ def _labelled_pool(labelled: str, *, weights: str, cache_dir: Path, **kw: Any) -
 
 def run_select(*, weights: str, images: str, budget: int, out: str | Path, strategy: str = DEFAULT_STRATEGY,
                labelled: str | None = None, seed: int = 0, cache: str | None = None, projection: str = "auto",
-               num_classes: int | None = None, batch_size: int = 128, num_workers: int = 0, device: str = "auto",
+               num_classes: int | None = None, batch_size: int = DEFAULTS.batch_size,
+               num_workers: int = DEFAULTS.num_workers, device: str = DEFAULTS.device,
                img_size: int | None = None) -> dict[str, Any]:
     """Choose ``budget`` images of ``images`` with ``strategy``; write ``OUT/selection.{txt,json,png}``."""
     if strategy not in STRATEGIES:
@@ -163,7 +165,7 @@ def add_select_parser(sub: Any) -> None:
                    help="probcover: expected number of classes (default: the labelled classes, else 10)")
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/cache)")
     p.add_argument("--projection", default="auto", help="2D embedding of selection.png: auto | umap | tsne | pca")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--img-size", type=int, default=None, help="override the export's input size")
