@@ -14,12 +14,9 @@ The rule (:func:`find_duplicates`):
    (:func:`aligned_correlation`: one image's crops at 81-100% of its side, on a 5x5 grid of offsets, against the
    other whole image). The second test reads the images of the close pairs the hash did not confirm.
 
-Why both: at 32 px the features alone mix copies with different photos of the same class (on the CIFAR-10 SimCLR
-export, cosine >= 0.99 finds every planted copy but many reported pairs are different images). The perceptual hash
-survives resizing and JPEG re-encoding (0-6 of 64 bits on CIFAR-10) but not crops (12-36 bits for a 2-4 px crop of
-a 32 px image); the aligned correlation finds those crops (>= 0.999 for 2-4 px off a 32 px image, while each image's
-most similar *other* picture of 2,000 CIFAR-10 images by pixels reaches 0.92 at the 99th percentile). Measured by
-``benchmarks/curate_cifar10.py --pixel-stats``.
+Why both: at small sizes the features alone mix copies with different photos of the same class; the perceptual
+hash survives resizing and JPEG re-encoding but not crops, which the aligned correlation finds. The measurements
+behind the defaults (``benchmarks/curate_cifar10.py --pixel-stats``) are in docs/select.md.
 """
 
 from __future__ import annotations

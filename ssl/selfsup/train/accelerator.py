@@ -9,8 +9,8 @@ taken from the environment accelerate sets; selfsup only adds:
   that the sharded path (wrapping, sharded checkpoints, full-weight gather for export) runs in CPU tests
   exactly as it does on GPUs. FSDP1 has no CPU support in PyTorch and is refused there with a clear error;
 - on a CPU without bf16 matrix instructions (torch's CPU capability ``AVX2`` or less: no AVX-512 or AMX), bf16
-  autocast runs through slow fallback kernels (measured on an AVX2 AMD EPYC: a 512x512 matmul 785 ms in bf16 vs 22 ms
-  in fp32), so ``train.mixed_precision=bf16`` trains in fp32 there, with one warning line;
+  autocast runs through slow fallback kernels (tens of times slower than fp32: docs/speed.md), so
+  ``train.mixed_precision=bf16`` trains in fp32 there, with one warning line;
 - ``sync_batchnorm``: the contrastive heads' BatchNorm over the global batch under multi-GPU DDP.
 """
 
