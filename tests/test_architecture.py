@@ -142,3 +142,19 @@ def test_nothing_imports_a_private_name_of_another_module():
 def test_no_module_over_the_size_one_reads_in_a_sitting():
     sizes = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_nothing_outside_the_methods_names_a_method():
+    """A method's name appears in its own spec module (and the registry's default), nowhere else in the package:
+    the config schema, the build, the loop and the card ask the registry."""
+    from selfsup.registry import specs
+
+    names = set(specs())
+    wrong = []
+    for name, path in MODULES.items():
+        if not name.startswith("selfsup.") or name.startswith("selfsup.methods") or name == "selfsup.registry":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert names >= {"dino", "simclr"} and wrong == []
