@@ -16,7 +16,7 @@ import torch
 from evaluation.detection import PLOT_FILE as DETECTION_PLOT
 from evaluation.loading.backbones import ModelSource, model_sources
 from evaluation.probes.corruptions import COMMON, SEVERITIES
-from evaluation.report.build import build_report, plot_detection
+from evaluation.report.build import build_report, detection_title, plot_detection
 from evaluation.report.cost import write_deploy_report
 from evaluation.settings import EvalSettings
 from evaluation.stages.classification import EvalData, prepare_data, run_finetune, run_knn, run_linear
@@ -55,8 +55,7 @@ def run_sections(data: EvalData, sources: list[ModelSource], settings: EvalSetti
     later call has its JSON removed, so the report never shows results from other settings (its images stay,
     unreferenced)."""
     out = Path(out)
-    kw = dict(img_size=settings.img_size, batch_size=settings.batch_size, num_workers=settings.num_workers,
-              device=settings.device)
+    kw = settings.features
     if visual:
         run_visual(data, sources, out=out, projection=projection, **kw)
     elif (out / VISUAL_FILE).exists():
@@ -124,10 +123,10 @@ def run_detect(sources: list[ModelSource], *, out: str | Path, **kwargs: Any) ->
     when ``out`` already holds a report, that report re-rendered with the Detection section."""
     out = Path(out)
     doc = run_detection(sources, out=out, **kwargs)
-    if plot_detection(out, doc["rows"], f"Faster R-CNN on {doc['dataset']}") is not None:
-        print(f"[detect] wrote {out / DETECTION_PLOT}")
-    if (out / "report.json").is_file():
+    if (out / "report.json").is_file():  # the report draws the plot with the rest
         build_report(out, command=json.loads((out / "report.json").read_text()).get("command", ""))
         print(f"added the Detection section to {out}/report.md")
+    elif plot_detection(out, doc["rows"], detection_title(doc)) is not None:
+        print(f"[detect] wrote {out / DETECTION_PLOT}")
     return doc
 

@@ -55,9 +55,11 @@ def aggregate(stage: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def read_detection(path: Path) -> list[dict[str, Any]] | None:
     """Rows of a ``detection.json`` (written by the detection stage or another tool) by :func:`detection_rows`;
     the file is a list of rows or a dict with ``rows`` / ``results`` / ``runs``. None when there is no file."""
-    if not path.exists():
-        return None
-    doc = json.loads(path.read_text())
+    return detection_doc_rows(json.loads(path.read_text())) if path.exists() else None
+
+
+def detection_doc_rows(doc: list | dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`read_detection` of an already loaded ``detection.json``."""
     raw = doc if isinstance(doc, list) else next((doc[k] for k in ("rows", "results", "runs") if k in doc), [])
     return detection_rows([r for r in raw if isinstance(r, dict)])
 

@@ -20,7 +20,7 @@ from evaluation.report.plots import plot_accuracy_vs_fraction, plot_pretraining_
 from evaluation.report.render import blocks_to_markdown, html_page
 from evaluation.report.sections import check_blocks, section_blocks
 from evaluation.report.tables import STAGE_NAMES, num, result_table
-from evaluation.results import aggregate, load_stage, read_detection
+from evaluation.results import aggregate, detection_doc_rows, load_stage
 from evaluation.settings import DEFAULTS
 from selfsup.model_card import METRICS_FILE, read_metrics
 
@@ -58,7 +58,8 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
             models.setdefault(m["name"], m)
     hparams = [{k: r[k] for k in ("model", "label_fraction", "seed", "lr", "wd", "holdout_top1", "selection")}
                for r in (stages["linear"] or {"runs": []})["runs"]]
-    detection = read_detection(out / "detection.json")
+    detection_doc = load_stage(out, "detection")
+    detection = detection_doc_rows(detection_doc) if detection_doc is not None else None
     deploy_doc = load_stage(out, "deploy")
     deployment = write_deploy_report(out, deploy_doc) if deploy_doc else None
 
@@ -72,7 +73,7 @@ def build_report(out: str | Path, *, command: str = "") -> dict[str, Any]:
         if stages[s]:
             panels.append((STAGE_NAMES[s], [r for r in results if r["stage"] == s and r["metric"] == "top1"]))
     plots = [plot_accuracy_vs_fraction(panels, out / "accuracy_vs_fraction.png").name]
-    if detection and plot_detection(out, detection) is not None:
+    if detection and plot_detection(out, detection, detection_title(detection_doc)) is not None:
         plots.append(DETECTION_PLOT)
     run_dir, metrics_file = pretraining_log(list(models.values()))
     n_records = 0
@@ -118,16 +119,18 @@ def _section_images(report: dict[str, Any]) -> list[str]:
     return list((visual.get("files") or {}).values()) + ([rob["plot"]] if rob.get("plot") else [])
 
 
-def plot_detection(out: Path, rows: list[dict[str, Any]], title: str | None = None) -> Path | None:
+def detection_title(doc: list | dict[str, Any]) -> str:
+    """The detection plot's title, from its ``detection.json`` (a list of rows from another tool has no data set)."""
+    return f"Faster R-CNN on {doc.get('dataset', '?')}" if isinstance(doc, dict) else "detection"
+
+
+def plot_detection(out: Path, rows: list[dict[str, Any]], title: str) -> Path | None:
     """``OUT/detection_map.png``: box mAP against label fraction per model, from the detection rows (None when
     the rows carry no mAP per label fraction)."""
     panel = [{"model": r["model"], "label_fraction": r["label_fraction"], **r["mAP"]} for r in rows
              if isinstance(r.get("mAP"), dict) and r.get("label_fraction") is not None]
     if not panel:
         return None
-    if title is None:
-        doc = load_stage(out, "detection")
-        title = f"Faster R-CNN on {doc.get('dataset', '?')}" if isinstance(doc, dict) else "detection"
     return plot_accuracy_vs_fraction([(title, panel)], out / DETECTION_PLOT, ylabel="box mAP@[.5:.95] (%)")
 
 
