@@ -15,7 +15,7 @@ from typing import Any
 
 from evaluation.detection import METRICS as DETECTION_METRICS
 from evaluation.detection import PLOT_FILE as DETECTION_PLOT
-from evaluation.report.cost import deploy_notes, deploy_table, write_deploy_report
+from evaluation.report.cost import deploy_notes, write_deploy_report
 from evaluation.report.plots import plot_accuracy_vs_fraction, plot_pretraining_curves
 from evaluation.report.render import blocks_to_markdown, html_page
 from evaluation.report.sections import check_blocks, section_blocks
@@ -173,7 +173,7 @@ def report_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
     if report.get("deployment"):
         dep = report["deployment"]
         blocks += [("h2", "Deployment: cost and accuracy"), ("list", deploy_notes(dep)),
-                   ("table", deploy_table(dep["rows"], dep["label_fractions"]))]
+                   ("table", (dep["table"]["header"], dep["table"]["rows"]))]
     blocks += section_blocks(report)  # maps, retrieval, embedding, robustness (when they were run)
     blocks += [("h2", "Plots"), ("plots", report["plots"]), ("h2", "How to read this report"), ("text", READING)]
     return blocks

@@ -9,6 +9,7 @@ from typing import Any
 from evaluation.report.plots import plot_accuracy_vs_latency
 from evaluation.report.tables import md_table
 from evaluation.settings import DEFAULTS
+from evaluation.stages.cost import KNN_K, THROUGHPUT_BATCH  # the defaults of a deploy.json without them
 
 PLOT_FILE = "accuracy_vs_latency.png"
 
@@ -30,10 +31,10 @@ def deploy_table(rows: list[dict[str, Any]], fractions: list[float],
 def deploy_notes(doc: dict[str, Any]) -> list[str]:
     """How the table was measured (markdown list items)."""
     notes = [f"CPU, {doc['threads']} thread(s); latency = median of {doc['repeats']} runs at batch 1 after warm-up, "
-             f"throughput = {doc.get('throughput_batch', 32)} / median time of a batch of "
-             f"{doc.get('throughput_batch', 32)}",
+             f"throughput = {doc.get('throughput_batch', THROUGHPUT_BATCH)} / median time of a batch of "
+             f"{doc.get('throughput_batch', THROUGHPUT_BATCH)}",
              doc["macs_note"] + "; an int8 file does the same MACs in int8",
-             f"accuracy: val top-1 %, mean over seeds, kNN k={doc.get('knn_k', 20)} and linear probe at label "
+             f"accuracy: val top-1 %, mean over seeds, kNN k={doc.get('knn_k', KNN_K)} and linear probe at label "
              f"fractions {doc['label_fractions']}; `[torch]` is model.safetensors run by torch, "
              "`[onnx ...]` by onnxruntime"]
     if doc["command"]:
@@ -44,7 +45,7 @@ def deploy_notes(doc: dict[str, Any]) -> list[str]:
 def write_deploy_report(out: Path, doc: dict[str, Any]) -> dict[str, Any]:
     """``deploy.md`` and the latency plot from ``deploy.json``; returns the report's ``deployment`` entry (the
     document with its ``table`` and ``plot``)."""
-    fractions, rows, k = doc["label_fractions"], doc["rows"], doc.get("knn_k", 20)
+    fractions, rows, k = doc["label_fractions"], doc["rows"], doc.get("knn_k", KNN_K)
     header, cells = deploy_table(rows, fractions, k)
     top = max(fractions)
     points = {f"kNN k={k}, {100 * top:g}% labels": [(r["model"], r["latency_b1_ms"], r["accuracy"][f"knn@{top:g}"])
