@@ -4,12 +4,15 @@
 # quickstart's split). The table in docs/benchmarks.md ("ELPV") was made with it.
 #   bash benchmarks/elpv_screen.sh NAME CONFIG [OVERRIDES...]
 #   bash benchmarks/elpv_screen.sh v2 configs/dinov2_vit_tiny_cpu.yaml run.seed=1
+# MAX_TRAIN / MAX_VAL (default 1000 / 400) cap the labelled cells scored; the whole split is 1,968 / 656
+# (MAX_TRAIN=2000 MAX_VAL=700). LINEAR=1 adds the linear probe (2 probe seeds) of both models.
 # Output: runs/elpv_screen/NAME/{run,export,knn} and a line in runs/elpv_screen/results.txt.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../launch/_venv.sh"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 [ $# -ge 2 ] || { echo "usage: bash benchmarks/elpv_screen.sh NAME CONFIG [OVERRIDES...]" >&2; exit 2; }
 NAME=$1; CFG=$2; shift 2
+MAX_TRAIN=${MAX_TRAIN:-1000}; MAX_VAL=${MAX_VAL:-400}; LINEAR=${LINEAR:-0}
 OUT=runs/elpv_screen
 if [ ! -d "$OUT/shards" ]; then
   python -c "from selfsup.examples.elpv import prepare_elpv; print(prepare_elpv('$OUT/data'))"
@@ -20,11 +23,21 @@ selfsup pretrain "$CFG" run.dir="$OUT/$NAME/run" data.shards="$OUT/shards" train
 secs=$(( $(date +%s) - start ))
 selfsup export "$OUT/$NAME/run" "$OUT/$NAME/export"
 selfsup-eval knn --weights "$OUT/$NAME/export" --train "$OUT/data/labelled/train" --val "$OUT/data/labelled/val" \
-  --out "$OUT/$NAME/knn" --label-fractions 1.0 --seeds 1 --max-train 1000 --max-val 400
-python - "$OUT/$NAME/knn/knn.json" "$NAME" "$secs" <<'PY' | tee -a "$OUT/results.txt"
-import json, sys
-runs = json.load(open(sys.argv[1]))["runs"]
+  --out "$OUT/$NAME/knn" --label-fractions 1.0 --seeds 1 --max-train "$MAX_TRAIN" --max-val "$MAX_VAL"
+if [ "$LINEAR" = 1 ]; then
+  selfsup-eval linear --weights "$OUT/$NAME/export" --train "$OUT/data/labelled/train" --val "$OUT/data/labelled/val" \
+    --out "$OUT/$NAME/linear" --label-fractions 1.0 --seeds 2 --max-train "$MAX_TRAIN" --max-val "$MAX_VAL"
+fi
+python - "$OUT/$NAME" "$NAME" "$secs" "$MAX_TRAIN/$MAX_VAL" <<'PY' | tee -a "$OUT/results.txt"
+import json, os, statistics, sys
+folder, name, secs, caps = sys.argv[1:5]
+runs = json.load(open(os.path.join(folder, "knn", "knn.json")))["runs"]
 top1 = {r["model"]: 100 * r["top1"] for r in runs if r["k"] == 20}
-print(f"{sys.argv[2]}: kNN k=20 pretrained {top1['pretrained']:.1f} random init {top1['random_init']:.1f} "
-      f"(pretraining {int(sys.argv[3]) // 60} min {int(sys.argv[3]) % 60} s)")
+line = f"{name}: kNN k=20 pretrained {top1['pretrained']:.1f} random init {top1['random_init']:.1f}"
+if os.path.exists(os.path.join(folder, "linear", "linear.json")):
+    lin = json.load(open(os.path.join(folder, "linear", "linear.json")))["runs"]
+    for model in ("pretrained", "random_init"):
+        accs = [100 * r["top1"] for r in lin if r["model"] == model]
+        line += f"; linear {model} {statistics.mean(accs):.1f} +- {statistics.stdev(accs):.1f}"
+print(f"{line} (max train/val {caps}; pretraining {int(secs) // 60} min {int(secs) % 60} s)")
 PY
