@@ -29,15 +29,15 @@ if [ "$LINEAR" = 1 ]; then
     --out "$OUT/$NAME/linear" --label-fractions 1.0 --seeds 2 --max-train "$MAX_TRAIN" --max-val "$MAX_VAL"
 fi
 python - "$OUT/$NAME" "$NAME" "$secs" "$MAX_TRAIN/$MAX_VAL" <<'PY' | tee -a "$OUT/results.txt"
-import json, os, statistics, sys
-folder, name, secs, caps = sys.argv[1:5]
-runs = json.load(open(os.path.join(folder, "knn", "knn.json")))["runs"]
-top1 = {r["model"]: 100 * r["top1"] for r in runs if r["k"] == 20}
+import sys
+from pathlib import Path
+from evaluation.results import load_stage, summarise
+folder, name, secs, caps = Path(sys.argv[1]), *sys.argv[2:5]
+top1 = {r["model"]: 100 * r["top1"] for r in load_stage(folder / "knn", "knn")["runs"] if r["k"] == 20}
 line = f"{name}: kNN k=20 pretrained {top1['pretrained']:.1f} random init {top1['random_init']:.1f}"
-if os.path.exists(os.path.join(folder, "linear", "linear.json")):
-    lin = json.load(open(os.path.join(folder, "linear", "linear.json")))["runs"]
-    for model in ("pretrained", "random_init"):
-        accs = [100 * r["top1"] for r in lin if r["model"] == model]
-        line += f"; linear {model} {statistics.mean(accs):.1f} +- {statistics.stdev(accs):.1f}"
+linear = load_stage(folder / "linear", "linear")  # None without LINEAR=1
+for model in ("pretrained", "random_init") if linear else ():
+    mean, std = summarise([100 * r["top1"] for r in linear["runs"] if r["model"] == model])
+    line += f"; linear {model} {mean:.1f} +- {std:.1f}"
 print(f"{line} (max train/val {caps}; pretraining {int(secs) // 60} min {int(secs) % 60} s)")
 PY
