@@ -29,7 +29,7 @@ echo "== 5/5 report: pretrained vs random init on the ELPV defect labels (all 1,
 if command -v selfsup-eval >/dev/null && python -c "import evaluation.cli" 2>/dev/null; then
   rm -rf "$OUT/report"  # a second quickstart replaces its own report (its label subsets belong to the first run's data)
   selfsup-eval report --weights "$OUT/export" --train "$OUT/data/labelled/train" --val "$OUT/data/labelled/val" \
-    --out "$OUT/report" --label-fractions 0.1,1.0 --seeds 2
+    --out "$OUT/report" --label-fractions 0.1,1.0 --seeds 3
   echo "report: $OUT/report/report.md"
 fi
 echo "== done: export in $OUT/export  (timm.create_model(\"local-dir:$OUT/export\", pretrained=True))"

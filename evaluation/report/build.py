@@ -161,7 +161,7 @@ def report_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
                  "" if h["holdout_top1"] is None else f"{100 * h['holdout_top1']:.1f}", h["selection"]]
                 for h in report["linear_hparams"]]
         blocks += [("h2", "Linear probe: chosen hyper-parameters"),
-                   ("table", (["model", "fraction", "seed", "lr", "wd", "held-out top-1", "chosen on"], rows))]
+                   ("table", (["model", "fraction", "seed", "lr", "wd", "cross-validated top-1", "chosen on"], rows))]
     if report["settings"]["finetune"]:
         blocks += [("h2", "Fine-tune settings"),
                    ("list", [f"{k}: {v}" for k, v in report["settings"]["finetune"].items()])]
@@ -182,8 +182,8 @@ def report_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
 READING = """\
 - **kNN**: DINO's weighted k-nearest-neighbour vote on the frozen, L2-normalised features (T = 0.07): no training
   at all, so it measures how well the feature space already groups the classes.
-- **linear probe**: one linear layer on the frozen features; lr and weight decay are picked on a held-out part of
-  the labelled training subset (never on val) and listed below.
+- **linear probe**: one linear layer on the frozen features (L2-regularised logistic regression); lr and L2 weight
+  are picked by 5-fold cross-validation on the labelled training subset (never on val) and listed below.
 - **fine-tune**: the whole network plus a linear head, AdamW with layer-wise lr decay, a short fixed schedule.
 - **label fraction**: the share of each class's training labels used (stratified, at least one per class); the
   subsets are saved in `label_subsets.json` and are the same for every model.

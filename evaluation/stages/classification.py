@@ -127,8 +127,8 @@ def run_knn(data: EvalData, sources: list[ModelSource], *, out: str | Path, ks: 
 def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, img_size: int | None = DEFAULTS.img_size,
                batch_size: int = DEFAULTS.batch_size, num_workers: int = DEFAULTS.num_workers,
                device: str = DEFAULTS.device, steps: int = DEFAULTS.linear_steps) -> dict[str, Any]:
-    """Linear probe (lr/wd chosen on held-out train labels) for every model, fraction and seed ->
-    ``OUT/linear.json``."""
+    """Linear probe (lr / L2 weight chosen by cross-validation on the train labels) for every model, fraction and
+    seed -> ``OUT/linear.json``."""
     out = Path(out)
     runs, infos, t0 = [], [], time.perf_counter()
     check = data_check(data, sources, out=out, img_size=img_size, batch_size=batch_size, num_workers=num_workers,

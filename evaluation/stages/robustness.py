@@ -2,12 +2,12 @@
 
 Hendrycks & Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations"
 (ICLR 2019): 15 corruptions x 5 severities applied to the val images after the model's resize + center crop
-(as ImageNet-C corrupts 224 px center crops). The classifiers are fitted once on the *clean* training features
-with all training labels - DINO's kNN (k = 20, T = 0.07) and the linear probe with lr / wd chosen on held-out
-training labels, as in the linear stage - and scored on each corrupted copy of val. Reported per model: clean
-accuracy, accuracy per (corruption, severity), and the mean corruption accuracy (mCA, the mean over every
-corruption and severity run; ImageNet-C's mCE would need AlexNet's errors on the same data, which do not exist
-for a user's dataset). Corrupted features are cached like clean ones (``OUT/cache``).
+(as ImageNet-C corrupts 224 px center crops). The classifiers are fitted once on the *clean* training features with
+all training labels - DINO's kNN (k = 20, T = 0.07) and the linear probe with lr / wd chosen by cross-validation on
+the training labels, as in the linear stage - and scored on each corrupted copy of val. Reported per model: clean
+accuracy, accuracy per (corruption, severity), and the mean corruption accuracy (mCA, the mean over every corruption
+and severity run; ImageNet-C's mCE would need AlexNet's errors on the same data, which do not exist for a user's
+dataset). Corrupted features are cached like clean ones (``OUT/cache``).
 
 Shapes: n = train rows, m = val rows, d = feature dim.
 """
@@ -115,7 +115,7 @@ def run_robustness(data: EvalData, sources: list[ModelSource], *, out: str | Pat
     plot_robustness(grids, corruptions, severities, out / ROBUSTNESS_PLOT)
     payload = {"settings": {"corruptions": corruptions, "severities": severities, "num_val": len(val),
                             "max_val": max_val, "knn": {"k": KNN_K, "T": KNN_T},
-                            "linear": "all training labels; lr/wd chosen on held-out training labels",
+                            "linear": "all training labels; lr / L2 weight chosen by 5-fold cross-validation on them",
                             "probes": probes},
                "rows": rows, "summary": summary, "plot": ROBUSTNESS_PLOT,
                "seconds": round(time.perf_counter() - t0, 2)}
