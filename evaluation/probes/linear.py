@@ -153,6 +153,8 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     With no class having two training rows there is nothing to hold out: the middle of the grid is used
     and ``selection`` says so.
     """
+    if folds < 2:
+        raise ValueError(f"linear_probe: folds={folds}; expected at least 2 (cross-validation holds each fold out)")
     with few_threads(train_feats.numel()):
         return _linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes=num_classes, lrs=lrs,
                              wds=wds, folds=folds, steps=steps, batch_size=batch_size, seed=seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from evaluation.probes.linear import DEFAULT_WDS, fold_ids, linear_probe, train_linear, train_linear_grid
@@ -92,3 +93,9 @@ def test_one_label_per_class_uses_the_default():
     ytr = torch.tensor([0, 1, 2])
     res = linear_probe(tr, ytr, tr, ytr, num_classes=3, steps=30)
     assert res.holdout_top1 is None and res.selection.startswith("default")
+
+
+def test_fewer_than_two_folds_is_refused_in_one_line():
+    tr, ytr = blobs(20, 2, 4, seed=0)
+    with pytest.raises(ValueError, match="folds=1; expected at least 2"):
+        linear_probe(tr, ytr, tr, ytr, num_classes=2, folds=1)
