@@ -30,6 +30,9 @@ from selfsup.optim.schedules import cosine
 DEFAULT_LRS = (1e-3, 1e-2, 1e-1)
 DEFAULT_WDS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)  # L2 weight of |W|^2 / 2 (coupled)
 DEFAULT_FOLDS = 5
+# what the stage JSON records, so that linear.json files of the earlier probe (decoupled AdamW decay chosen on one
+# 20% held-out part, which wrote no "probe" setting) can be told apart
+PROBE = "l2_logistic_regression_cv"
 
 
 @dataclass

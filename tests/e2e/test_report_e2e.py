@@ -57,6 +57,11 @@ def test_report_end_to_end_with_finetune_is_deterministic(setup, tmp_path):
         assert (out_a / name).stat().st_size > 0, name
     assert len(list((out_a / "cache").glob("*.safetensors"))) == 4  # 2 models x 2 splits
     assert "random_init" in (out_a / "report.md").read_text()
+    linear_settings = report["settings"]["linear"]  # which probe made the numbers (the earlier one wrote no "probe")
+    assert linear_settings["probe"] == "l2_logistic_regression_cv" and linear_settings["folds"] == 5
+    # 6 images per class: 5 folds; at the 34% fraction 2 per class, so only 2 folds can each hold a row of every class
+    assert {h["selection"] for h in report["linear_hparams"]} == {"5-fold cross-validation on 18 training labels",
+                                                                   "2-fold cross-validation on 6 training labels"}
 
     assert main(["report", *args(setup, out_b, "--finetune", "--finetune-steps", "2")]) == 0
     again = json.loads((out_b / "report.json").read_text())
