@@ -30,9 +30,10 @@ from selfsup.optim.schedules import cosine
 DEFAULT_LRS = (1e-3, 1e-2, 1e-1)
 DEFAULT_WDS = (0.0, 1e-3, 1e-2, 1e-1, 1.0)  # L2 weight of |W|^2 / 2 (coupled)
 DEFAULT_FOLDS = 5
-# what the stage JSON records, so that linear.json files of the earlier probe (decoupled AdamW decay chosen on one
-# 20% held-out part, which wrote no "probe" setting) can be told apart
-PROBE = "l2_logistic_regression_cv"
+# what the linear stage records in its settings, so that linear.json files of the earlier probe (decoupled AdamW decay
+# chosen on one 20% held-out part, which wrote no "probe" setting) can be told apart
+PROBE_SETTINGS = {"probe": "l2_logistic_regression_cv", "lrs": list(DEFAULT_LRS), "wds": list(DEFAULT_WDS),
+                  "folds": DEFAULT_FOLDS}
 
 
 @dataclass
@@ -173,8 +174,9 @@ def _linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fe
     selection = "default (too few labels to hold out)"
     if np.bincount(labels_np).max(initial=0) >= 2:
         fold = fold_ids(labels_np, folds=min(folds, len(labels_np)), seed=seed)
+        used = np.unique(fold)  # fewer than ``folds`` when no class has that many rows
         correct = np.zeros(len(grid))
-        for f in np.unique(fold):
+        for f in used:
             fit_i, held_i = torch.from_numpy(np.flatnonzero(fold != f)), torch.from_numpy(np.flatnonzero(fold == f))
             probes = train_linear_grid(train_feats[fit_i], train_labels[fit_i], num_classes=num_classes,
                                        lrs=[lr for lr, _ in grid], wds=[wd for _, wd in grid], steps=steps,
@@ -184,7 +186,7 @@ def _linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fe
                     correct[g] += (probe(train_feats[held_i]).argmax(1) == train_labels[held_i]).sum().item()
         g_best = int(np.argmax(correct))  # ties keep the earlier grid point (smaller lr, then smaller wd)
         best, best_acc = grid[g_best], float(correct[g_best] / len(labels_np))
-        selection = f"{len(np.unique(fold))}-fold cross-validation on {len(labels_np)} training labels"
+        selection = f"{len(used)}-fold cross-validation on {len(labels_np)} training labels"
     probe = train_linear(train_feats, train_labels, num_classes=num_classes, lr=best[0], wd=best[1], steps=steps,
                          batch_size=batch_size, seed=seed)
     with torch.no_grad():

@@ -20,7 +20,7 @@ from evaluation.loading.backbones import ModelSource, load_model
 from evaluation.loading.features import Features, cached_features, model_transform, resolve_device
 from evaluation.loading.fractions import fraction_key, label_subsets
 from evaluation.probes.finetune import finetune
-from evaluation.probes.linear import DEFAULT_FOLDS, DEFAULT_LRS, DEFAULT_WDS, PROBE, linear_probe
+from evaluation.probes.linear import PROBE_SETTINGS, linear_probe
 from evaluation.results import write_stage
 from evaluation.settings import DEFAULTS
 from selfsup.data.labelled import LabelledImages, open_labelled
@@ -139,10 +139,8 @@ def run_linear(data: EvalData, sources: list[ModelSource], *, out: str | Path, i
                            steps=steps, seed=s)
         runs.append({"model": source.name, "label_fraction": f, "seed": s, "n_labels": len(idx),
                      **res.to_dict()})
-    settings = {"steps": steps, "probe": PROBE, "lrs": list(DEFAULT_LRS), "wds": list(DEFAULT_WDS),
-                "folds": DEFAULT_FOLDS}
-    return write_stage(out, "linear", {"stage": "linear", "settings": settings, "data": data.info,
-                                       "data_check": check, "models": infos, "runs": runs,
+    return write_stage(out, "linear", {"stage": "linear", "settings": {"steps": steps, **PROBE_SETTINGS},
+                                       "data": data.info, "data_check": check, "models": infos, "runs": runs,
                                     "seconds": round(time.perf_counter() - t0, 2)})
 
 

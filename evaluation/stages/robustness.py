@@ -27,7 +27,7 @@ from evaluation.figures.maps import plot_robustness
 from evaluation.loading.backbones import ModelSource, load_model
 from evaluation.loading.features import Features, cached_features, resolve_device
 from evaluation.probes.corruptions import REWRITTEN, apply_corruption, check_names, imagecorruptions_module
-from evaluation.probes.linear import LinearProbe, few_threads, linear_probe, train_linear
+from evaluation.probes.linear import DEFAULT_FOLDS, LinearProbe, few_threads, linear_probe, train_linear
 from evaluation.settings import DEFAULTS
 from evaluation.stages.classification import EvalData
 from selfsup.data.eval_transform import normalize_uint8, uint8_eval_transform
@@ -115,7 +115,8 @@ def run_robustness(data: EvalData, sources: list[ModelSource], *, out: str | Pat
     plot_robustness(grids, corruptions, severities, out / ROBUSTNESS_PLOT)
     payload = {"settings": {"corruptions": corruptions, "severities": severities, "num_val": len(val),
                             "max_val": max_val, "knn": {"k": KNN_K, "T": KNN_T},
-                            "linear": "all training labels; lr / L2 weight chosen by 5-fold cross-validation on them",
+                            "linear": f"all training labels; lr / L2 weight chosen by {DEFAULT_FOLDS}-fold "
+                                      "cross-validation on them",
                             "probes": probes},
                "rows": rows, "summary": summary, "plot": ROBUSTNESS_PLOT,
                "seconds": round(time.perf_counter() - t0, 2)}
