@@ -175,15 +175,22 @@ def report_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
         blocks += [("h2", "Deployment: cost and accuracy"), ("list", deploy_notes(dep)),
                    ("table", (dep["table"]["header"], dep["table"]["rows"]))]
     blocks += section_blocks(report)  # maps, retrieval, embedding, robustness (when they were run)
-    blocks += [("h2", "Plots"), ("plots", report["plots"]), ("h2", "How to read this report"), ("text", READING)]
+    blocks += [("h2", "Plots"), ("plots", report["plots"]),
+               ("h2", "How to read this report"), ("text", reading(report))]
     return blocks
+
+
+def reading(report: dict[str, Any]) -> str:
+    """The guide at the end of the report; the linear probe's fold count comes from the report's own settings."""
+    folds = (report["settings"].get("linear") or {}).get("folds")
+    return READING.replace("{selection}", f"{folds}-fold cross-validation" if folds else "cross-validation")
 
 
 READING = """\
 - **kNN**: DINO's weighted k-nearest-neighbour vote on the frozen, L2-normalised features (T = 0.07): no training
   at all, so it measures how well the feature space already groups the classes.
 - **linear probe**: one linear layer on the frozen features (L2-regularised logistic regression); lr and L2 weight
-  are picked by 5-fold cross-validation on the labelled training subset (never on val) and listed below.
+  are picked by {selection} on the labelled training subset (never on val) and listed below.
 - **fine-tune**: the whole network plus a linear head, AdamW with layer-wise lr decay, a short fixed schedule.
 - **label fraction**: the share of each class's training labels used (stratified, at least one per class); the
   subsets are saved in `label_subsets.json` and are the same for every model.

@@ -102,3 +102,15 @@ def test_detection_and_pretraining_curves_are_included(tmp_path):
 
 def test_detection_file_absent_gives_none(tmp_path):
     assert read_detection(tmp_path / "detection.json") is None
+
+
+def test_reading_guide_names_the_folds_the_linear_stage_used(tmp_path):
+    write_stages(tmp_path)  # linear settings of an older probe: no fold count recorded
+    build_report(tmp_path, command=None)
+    assert "picked by cross-validation on the labelled" in (tmp_path / "report.md").read_text()
+    linear = json.loads((tmp_path / "linear.json").read_text())
+    linear["settings"] = {"probe": "l2_logistic_regression_cv", "steps": 10, "folds": 3}
+    (tmp_path / "linear.json").write_text(json.dumps(linear))
+    build_report(tmp_path, command=None)
+    md = (tmp_path / "report.md").read_text()
+    assert "picked by 3-fold cross-validation on the labelled" in md and "5-fold" not in md
