@@ -29,6 +29,7 @@ from selfsup.errors import CheckpointError, ConfigError
 from selfsup.export_meta import describe_weights, selfsup_block
 from selfsup.manifest import listed_files, read_manifest, write_manifest
 from selfsup.model_card import write_model_card
+from selfsup.models.backbone import pooled_as
 from selfsup.train.best import choose_checkpoint
 from selfsup.train.checkpoint import (
     MODEL_FILE,
@@ -187,13 +188,14 @@ def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoin
     meta = selfsup_block(method=cfg.method.name, encoder=method.export_encoder,  # type: ignore[arg-type]
                          step=step, config_hash=run_hash, run_dir=run_dir, checkpoint=ckpt,
                          module=_module_prefix(method, backbone))
-    timm.models.save_for_hf(
-        backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
-        data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
-    )
+    with pooled_as(backbone, cfg.export.global_pool):  # export.global_pool: the pooled output timm will rebuild
+        timm.models.save_for_hf(
+            backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
+            data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
+        )
+        check = verify_export(tmp, backbone, size=size, atol=atol)
     hub_config = describe_weights(tmp / "config.json", selfsup=meta, license=cfg.export.license)
     write_model_card(tmp, config=hub_config, cfg=cfg, run_dir=run_dir, checkpoint=ckpt, license=cfg.export.license)
-    check = verify_export(tmp, backbone, size=size, atol=atol)
     write_manifest(tmp, EXPORT_MANIFEST, EXPORT_FORMAT, [p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST],
                    run=run_dir.resolve().name, checkpoint=ckpt.name, step=step)  # names only, as config.json
     return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}

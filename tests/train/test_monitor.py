@@ -16,7 +16,7 @@ from selfsup.train.best import best_checkpoint, read_best, save_best
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints, resolve_resume
 from selfsup.train.collapse import CollapseGuard, collapse_reason
 from selfsup.train.loop import pretrain
-from tests.fixtures.pipeline import make_hard_folder, make_shards, tiny_config
+from tests.fixtures.pipeline import export_knn_top1, make_hard_folder, make_shards, metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,6 @@ def data(tmp_path_factory):
     return make_shards(tmp), make_hard_folder(tmp / "labelled")
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
@@ -60,19 +58,8 @@ def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     assert json.loads((tmp_path / "last" / "config.json").read_text())["selfsup"]["step"] == 5
 
     # the monitor's preprocessing is selfsup-eval's: same features, same kNN top-1 on the same images
-    from evaluation.loading.backbones import ModelSource, load_model
-    from evaluation.loading.features import extract_features, model_transform
-    from selfsup.knn import knn_classify, topk_accuracy
-    from selfsup.train.monitor import LabelledSplit
-
-    loaded = load_model(ModelSource("pretrained", "export", str(tmp_path / "best")))
-    split = LabelledSplit(str(labelled), max_train=30, max_val=18, data_config=loaded.data_config, seed=0)
-    feats = {name: extract_features(loaded.model, split.images.subset(idx, tag=name), model_transform(loaded),
-                                    batch_size=16, num_workers=0, device=torch.device("cpu"))
-             for name, idx in (("bank", split.bank_index), ("val", split.val_index))}
-    scores = knn_classify(feats["bank"].feats, feats["bank"].labels, feats["val"].feats, k=20, T=0.07,
-                          num_classes=split.num_classes)
-    assert topk_accuracy(scores, feats["val"].labels, 1) == pytest.approx(best_score, abs=1e-6)
+    assert export_knn_top1(tmp_path / "best", labelled, max_train=30, max_val=18) == pytest.approx(best_score,
+                                                                                                   abs=1e-6)
 
 
 def test_fsdp_scores_like_one_process(tmp_path, data):

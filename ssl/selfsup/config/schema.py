@@ -141,6 +141,9 @@ class ExportConfig:
     """What ``selfsup export`` writes into the shared folder besides the weights (config.json, README.md)."""
 
     license: str | None = None  # Hub license id (e.g. apache-2.0, cc-by-nc-4.0); null = none stated
+    # the export's pooled output, timm's global_pool of a ViT: token (class token) | avg | max | avgmax (patch
+    # tokens); null = the backbone's own. The kNN monitor scores the same features; training is not changed.
+    global_pool: str | None = None
 
 
 @dataclass

@@ -22,6 +22,7 @@ DEVICES = ("auto", "cpu", "cuda")
 VIEW_BACKENDS = ("fast", "lightly")
 ON_COLLAPSE = ("stop", "warn")
 ON_PLATEAU = ("warn", "stop")
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax")  # export.global_pool: timm's class-token / patch-token pools
 
 # Valid ranges of numeric keys ("[" / "]" include the end, "(" / ")" exclude it); a list's items each. NaN is in
 # no range. Keys that must be > 0 are in `positive` in validate(); any other float must at least be finite.
@@ -142,6 +143,8 @@ def validate(cfg: Config) -> None:
     _choice("views.backend", cfg.views.backend, VIEW_BACKENDS)
     _choice("train.on_collapse", cfg.train.on_collapse, ON_COLLAPSE)
     _choice("train.on_plateau", cfg.train.on_plateau, ON_PLATEAU)
+    if cfg.export.global_pool is not None:
+        _choice("export.global_pool", cfg.export.global_pool, GLOBAL_POOLS)
     _check_methods(cfg)
     if not isinstance(cfg.model.pretrained, (bool, str)) or cfg.model.pretrained == "":
         raise ConfigError(f"bad value for 'model.pretrained': {cfg.model.pretrained!r} (expected false, true, or the "

@@ -8,11 +8,14 @@ asked of the model's constructor, not guessed from its name.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import timm
 from torch import nn
 
+from selfsup.config.validation import GLOBAL_POOLS
 from selfsup.errors import ConfigError
 from selfsup.models.pretrained import load_pretrained
 
@@ -82,3 +85,37 @@ def check_crop_sizes(backbone: nn.Module, global_size: int, local_size: int | No
     for key, size in (("views.global_crop_size", global_size), ("views.local_crop_size", local_size)):
         if size is not None and size % p:
             raise ConfigError(f"bad value for '{key}': {size} is not a multiple of the model's patch size {p}")
+
+
+def check_global_pool(model: nn.Module, pool: str | None) -> None:
+    """One line if ``model`` cannot give ``pool``-pooled features (``export.global_pool``); ``None`` always can."""
+    if pool is None or getattr(model, "global_pool", None) == pool:
+        return
+    if not isinstance(getattr(model, "global_pool", None), str) or not hasattr(model, "num_prefix_tokens"):
+        raise ConfigError(f"bad value for 'export.global_pool': '{pool}' ({type(model).__name__} has no token "
+                          "pooling to choose; expected null for this backbone)")
+    if pool == "token" and not getattr(model, "has_class_token", False):
+        raise ConfigError(f"bad value for 'export.global_pool': 'token' ({type(model).__name__} has no class token; "
+                          f"expected one of: {', '.join(p for p in GLOBAL_POOLS if p != 'token')})")
+
+
+@contextmanager
+def pooled_as(model: nn.Module, pool: str | None) -> Iterator[nn.Module]:
+    """Within the block ``model(x)`` returns ``pool``-pooled features (b, d), restored on exit.
+
+    ``pool`` is timm's ``global_pool`` of a ViT-style model: ``token`` = the class token, ``avg`` / ``max`` /
+    ``avgmax`` = the patch tokens' mean / max / both averaged; the per-token final norm stays where the model has it
+    (timm records it as ``fc_norm=False``, so ``save_for_hf`` writes a config that rebuilds the same features).
+    ``None`` or the model's own pool: nothing changes. Used by ``selfsup export`` and the kNN monitor, so both score
+    the features the export gives, while training keeps reading the model's own pool (DINO's class token).
+    """
+    check_global_pool(model, pool)
+    before = getattr(model, "global_pool", None)
+    if pool is None or before == pool:
+        yield model
+        return
+    model.reset_classifier(0, global_pool=pool)  # type: ignore[operator]
+    try:
+        yield model
+    finally:
+        model.reset_classifier(0, global_pool=before)  # type: ignore[operator]

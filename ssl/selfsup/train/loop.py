@@ -25,7 +25,7 @@ from selfsup.config import Config, config_hash, save_config, to_dict, to_yaml
 from selfsup.data.shard_index import shard_counts
 from selfsup.data.shard_list import expand_shards
 from selfsup.errors import ConfigError, Preempted
-from selfsup.models.backbone import check_crop_sizes
+from selfsup.models.backbone import check_crop_sizes, check_global_pool
 from selfsup.train import collapse
 from selfsup.train import plateau as plateau_watch
 from selfsup.train.accelerator import make_accelerator
@@ -130,6 +130,7 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     check_crop_sizes(method.export_backbone(),  # type: ignore[operator]
                      cfg.views.global_crop_size,
                      cfg.views.local_crop_size if cfg.views.n_local else None)
+    check_global_pool(method.export_backbone(), cfg.export.global_pool)  # type: ignore[operator]
     method, optimizer = prepare_training(cfg, accelerator, method)
     unwrapped = accelerator.unwrap_model(method)
     if resume_dir:

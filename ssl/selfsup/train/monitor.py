@@ -28,6 +28,7 @@ from selfsup.config import MonitorConfig
 from selfsup.data.eval_transform import eval_data_config, normalize_uint8, uint8_eval_transform
 from selfsup.errors import DataError
 from selfsup.knn import knn_classify, topk_accuracy
+from selfsup.models.backbone import pooled_as
 from selfsup.train.accelerator import uses_fsdp
 from selfsup.train.best import read_best, save_best
 
@@ -79,9 +80,10 @@ class KnnMonitor:
     """
 
     def __init__(self, cfg: MonitorConfig, *, size: int, mean, std, run_dir: Path, seed: int, stop_step: int,
-                 build_copy: Callable[[], torch.nn.Module] | None = None) -> None:
+                 build_copy: Callable[[], torch.nn.Module] | None = None, global_pool: str | None = None) -> None:
         t0 = time.perf_counter()
         self.cfg, self.run_dir, self.stop_step = cfg, Path(run_dir), stop_step
+        self.global_pool = global_pool  # export.global_pool: the export's pooled output
         self.build_copy, self._copy = build_copy, None
         self.data_config = eval_data_config(size, mean, std)
         self.split = LabelledSplit(cfg.data, max_train=cfg.max_train, max_val=cfg.max_val,
@@ -110,8 +112,9 @@ class KnnMonitor:
         was_training = backbone.training
         backbone.eval()
         try:
-            bank = self._embed(backbone, self.split.bank_x, device)
-            val = self._embed(backbone, self.split.val_x, device)
+            with pooled_as(backbone, self.global_pool):
+                bank = self._embed(backbone, self.split.bank_x, device)
+                val = self._embed(backbone, self.split.val_x, device)
         finally:
             backbone.train(was_training)
         scores = knn_classify(bank, self.split.bank_y, val, k=self.cfg.k, T=KNN_T, num_classes=self.split.num_classes)
@@ -167,5 +170,5 @@ def make_monitor(cfg, *, run_dir: Path, stop_step: int) -> KnnMonitor | None:
 
     return KnnMonitor(cfg.monitor, size=cfg.views.global_crop_size, mean=cfg.views.mean, std=cfg.views.std,
                       run_dir=run_dir, seed=cfg.run.seed, stop_step=stop_step,
-                      build_copy=lambda: build_method(cfg, pretrained=False))
+                      build_copy=lambda: build_method(cfg, pretrained=False), global_pool=cfg.export.global_pool)
 
