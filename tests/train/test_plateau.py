@@ -54,6 +54,11 @@ def test_watch_fires_once_after_the_stretch_and_resets_when_the_run_moves(caplog
     other = PlateauWatch(steps=1, tolerance=0.05, action="warn", start_step=0, method="dinov2")
     other.observe(1, UNIFORM)
     assert "method.dinov2.teacher_temp" in other.observe(2, UNIFORM)  # the keys of the method that runs
+    already = PlateauWatch(steps=1, tolerance=0.05, action="warn", start_step=0, method="dinov2",
+                           center="sinkhorn_knopp")
+    already.observe(1, UNIFORM)
+    line = already.observe(2, UNIFORM)  # Sinkhorn-Knopp is not suggested to a run that uses it
+    assert "center=sinkhorn_knopp" not in line and "method.dinov2.teacher_temp" in line
 
 
 def test_stop_raises_one_line():
@@ -92,8 +97,11 @@ def test_a_run_driven_onto_the_plateau_says_so_in_one_line(tmp_path, caplog, met
     assert len(lines) == 1 and "\n" not in lines[0]
     signal = "teacher_entropy" if method == "dino" else "loss"
     assert f": {signal} " in lines[0] and "train.on_plateau=warn" in lines[0]
+    assert ("method.dino.center=sinkhorn_knopp" in lines[0]) == (method == "dino")  # mean centering: suggested
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    with pytest.raises(TrainingError, match="plateau since step"):
-        pretrain(tiny_config(tmp_path / "stop", shards, *common, "train.on_plateau=stop", method=method))
+    centred = ["method.dino.center=sinkhorn_knopp"] if method == "dino" else []  # already on: not suggested
+    with pytest.raises(TrainingError, match="plateau since step") as stopped:
+        pretrain(tiny_config(tmp_path / "stop", shards, *common, *centred, "train.on_plateau=stop", method=method))
+    assert "center=sinkhorn_knopp" not in str(stopped.value)

@@ -154,7 +154,8 @@ def _pretrain(cfg: Config, accelerator: Accelerator) -> dict[str, Any]:
     guard = CollapseGuard(cfg.train.collapse_patience, cfg.train.on_collapse, step.warmup_steps,
                           last_healthy=resume_dir)
     plateau = PlateauWatch(cfg.train.plateau_steps, cfg.train.plateau_tolerance, cfg.train.on_plateau,
-                           step.warmup_steps, method=cfg.method.name)
+                           step.warmup_steps, method=cfg.method.name,
+                           center=getattr(getattr(cfg.method, cfg.method.name), "center", None))
     metrics_path = run_dir / "metrics.jsonl"
     bar = tqdm(total=stop_step, initial=state.step, disable=not (accelerator.is_main_process and cfg.train.progress),
                desc="pretrain", dynamic_ncols=True)

@@ -25,11 +25,13 @@ log = logging.getLogger("selfsup")
 SIGNALS = ("loss", "objective_loss", "loss_chance", "teacher_entropy", "teacher_entropy_max")
 
 
-def knobs(signal: str, method: str) -> str:
-    """The config keys that move a plateau of ``signal`` for ``method.name`` (named in the line)."""
+def knobs(signal: str, method: str, center: str | None = None) -> str:
+    """The config keys that move a plateau of ``signal`` for ``method.name`` (named in the line); ``center``: the
+    run's ``method.NAME.center``, so that Sinkhorn-Knopp centering is not suggested to a run that already uses it."""
     if signal == "teacher_entropy":
-        return (f"method.{method}.center=sinkhorn_knopp, a lower method.{method}.teacher_temp, a smaller "
-                f"method.{method}.out_dim, or another optim.lr")
+        swap = "" if center == "sinkhorn_knopp" else f"method.{method}.center=sinkhorn_knopp, "
+        return (f"{swap}a lower method.{method}.teacher_temp, a smaller method.{method}.out_dim, or another "
+                "optim.lr")
     return f"the augmentations (views.*), the method's temperature or head (method.{method}.*), or another optim.lr"
 
 
@@ -63,11 +65,13 @@ class PlateauWatch:
         action: ``train.on_plateau`` (``warn`` or ``stop``).
         start_step: checks begin after this step (the end of the learning-rate warmup).
         method: ``method.name``, for the keys the line names.
+        center: the method's ``center`` setting where it has one (DINO, DINOv2), else ``None``.
     """
 
-    def __init__(self, steps: int, tolerance: float, action: str, start_step: int, method: str) -> None:
+    def __init__(self, steps: int, tolerance: float, action: str, start_step: int, method: str,
+                 center: str | None = None) -> None:
         self.steps, self.tolerance, self.action, self.start_step = steps, tolerance, action, start_step
-        self.method = method
+        self.method, self.center = method, center
         self.since: int | None = None
         self.warned = False
 
@@ -91,7 +95,7 @@ class PlateauWatch:
             return None
         signal = "teacher_entropy" if reason.startswith("teacher_entropy") else "loss"
         line = (f"plateau since step {self.since}: {reason}, for {step - self.since} steps; what moves it: "
-                f"{knobs(signal, self.method)} (docs/monitor.md)")
+                f"{knobs(signal, self.method, self.center)} (docs/monitor.md)")
         if self.action == "stop":
             raise TrainingError(f"{line}; stopped by train.on_plateau=stop")
         self.warned = True  # once per plateau
