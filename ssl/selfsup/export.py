@@ -193,9 +193,10 @@ def _export_to(tmp: Path, run_dir: str | Path, out_dir: str | Path, *, checkpoin
             backbone, str(tmp), model_config={"selfsup": meta}, safe_serialization=True,
             data_config=eval_data_config(size, cfg.views.mean, cfg.views.std),
         )
-        check = verify_export(tmp, backbone, size=size, atol=atol)
-    hub_config = describe_weights(tmp / "config.json", selfsup=meta, license=cfg.export.license)
-    write_model_card(tmp, config=hub_config, cfg=cfg, run_dir=run_dir, checkpoint=ckpt, license=cfg.export.license)
+        hub_config = describe_weights(tmp / "config.json", selfsup=meta, license=cfg.export.license)
+        write_model_card(tmp, config=hub_config, cfg=cfg, run_dir=run_dir, checkpoint=ckpt,
+                         license=cfg.export.license)
+        check = verify_export(tmp, backbone, size=size, atol=atol)  # the final config.json, as timm will read it
     write_manifest(tmp, EXPORT_MANIFEST, EXPORT_FORMAT, [p.name for p in tmp.iterdir()] + [EXPORT_MANIFEST],
                    run=run_dir.resolve().name, checkpoint=ckpt.name, step=step)  # names only, as config.json
     return {**meta, "out_dir": str(out_dir), "reload_max_abs_diff": check}

@@ -25,8 +25,6 @@ def data(tmp_path_factory):
     return make_shards(tmp), make_hard_folder(tmp / "labelled")
 
 
-
-
 def test_monitor_logs_keeps_best_and_export_picks_it(tmp_path, data, capsys):
     shards, labelled = data
     run = tmp_path / "run"
