@@ -16,7 +16,7 @@ from selfsup.errors import CheckpointError
 from selfsup.export import export
 from selfsup.train.checkpoint import list_checkpoints
 from selfsup.train.loop import pretrain
-from tests.fixtures.pipeline import last_weights, make_shards, tiny_config
+from tests.fixtures.pipeline import last_weights, make_shards, metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_resume_equals_uninterrupted(tmp_path, shards):
         assert torch.equal(a[k], b[k]), k  # bit-identical on the CPU
     # the DINO center is part of the state too
     assert "criterion.center" in a and a["criterion.center"].abs().sum() > 0
-    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(tmp_path / "full")
     assert [x["step"] for x in lines] == list(range(1, 7))
     assert {"loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s", "embed_std",
             "teacher_entropy"} <= set(lines[0])

@@ -17,7 +17,7 @@ from selfsup.cli import main as selfsup_main
 from selfsup.export import export
 from selfsup.train.loop import pretrain
 from tests.conftest import ROOT
-from tests.fixtures.pipeline import make_image_folder, make_shards, tiny_config
+from tests.fixtures.pipeline import make_image_folder, make_shards, metrics, tiny_config
 
 pytest.importorskip("transformers", reason="transformers is an optional extra (pip install -e '.[hf]')")
 
@@ -123,7 +123,7 @@ def test_card_front_matter_and_training_facts(run):
     assert f"{final['teacher_entropy']:.3f} of max {final['teacher_entropy_max']:.3f}" in card
     assert 'AutoModel.from_pretrained("USER/NAME")' in card and 'timm.create_model("hf-hub:USER/NAME"' in card
     # the pretraining log travels with the weights, up to the exported step
-    records = [json.loads(x) for x in (run / "export" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run / "export")
     assert [r["step"] for r in records] == [1, 2, 3]
 
 

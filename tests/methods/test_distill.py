@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from selfsup.optim.param_groups import param_groups
 from selfsup.train.checkpoint import latest_checkpoint
 from selfsup.train.loop import pretrain
 from tests.conftest import ROOT
-from tests.fixtures.pipeline import last_weights, make_shards
+from tests.fixtures.pipeline import last_weights, make_shards, metrics
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TINY_RESNET = dict(name="resnet18", model_args=dict(channels=[8, 16, 32, 64]))  # 64-d, teacher is 48-d
@@ -206,7 +205,7 @@ def test_distill_run_resumes_exactly_and_exports_a_timm_student(tmp_path, shards
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bit-identical on the CPU, queue included
     assert int(a["queue.bank_ptr"]) == 0  # 4 steps x 4 keys wrapped the 16-key queue once
-    lines = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    lines = metrics(tmp_path / "full")
     assert {"loss", "teacher_cos", "embed_std"} <= set(lines[-1])
     assert "knn_top1" in lines[-1]  # the kNN monitor scores the student
     assert (teacher_dir / "model.safetensors").read_bytes() == teacher_bytes

@@ -22,7 +22,7 @@ from selfsup.errors import CheckpointError, TrainingError
 from selfsup.methods._dino_model import DINO
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints
 from selfsup.train.loop import pretrain
-from tests.fixtures.pipeline import last_weights, make_shards, tiny_config
+from tests.fixtures.pipeline import last_weights, make_shards, metrics, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,7 +159,7 @@ def test_fp16_overflow_lowers_the_loss_scale_instead_of_counting_bad_steps(tmp_p
     # max_bad_steps must not stop the run: the scaler skips those updates and halves the scale.
     summary = pretrain(tiny_config(run, shards, "train.max_steps=6", "train.save_every=6", "train.max_bad_steps=1"),
                        accelerator=_fp16_cpu_accelerator(1024.0))
-    logs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = metrics(run)
     assert summary["bad_steps"] == 0
     assert not math.isfinite(logs[0]["grad_norm"]) and math.isfinite(logs[-1]["grad_norm"])
     saved_scale = logs[-1]["loss_scale"]
@@ -172,7 +172,7 @@ def test_fp16_overflow_lowers_the_loss_scale_instead_of_counting_bad_steps(tmp_p
     AcceleratorState._reset_state(reset_partial_state=True)
     pretrain(tiny_config(run, shards, "train.max_steps=7", "train.resume=auto", "train.max_bad_steps=1"),
              accelerator=_fp16_cpu_accelerator(1024.0))
-    resumed = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    resumed = metrics(run)[-1]
     assert resumed["step"] == 7 and resumed["loss_scale"] <= saved_scale
 
 
@@ -204,7 +204,6 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, shards, capsys, override, fragm
 def test_training_over_a_corpus_of_broken_samples(tmp_path, monkeypatch):
     """Broken samples inside the shards (written around the writer's checks): training finishes, counts every
     skip by its reason, and consumes every good sample of the epoch exactly once."""
-    import json
     from collections import Counter
 
     import webdataset as wds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from selfsup.train.best import read_best
 from selfsup.train.checkpoint import read_checkpoint_weights
 from selfsup.train.loop import pretrain
 from tests.conftest import TINY_VIT
-from tests.fixtures.pipeline import make_hard_folder, make_shards, tiny_config
+from tests.fixtures.pipeline import make_hard_folder, make_shards, metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +88,7 @@ def test_run_b_starts_from_run_a_export_and_keeps_at_least_its_knn(tmp_path, run
         assert got.keys() == exported.keys()
         assert all(torch.equal(got[k], exported[k]) for k in exported), prefix
     best = read_best(run_b)
-    first = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines()][0]
+    first = metrics(run_b)[0]
     assert first["step"] == 0
     # B trained on: its last weights moved away from A's
     last = prefixed(read_checkpoint_weights(run_b / "checkpoints" / "step_00000006"), "teacher_backbone.")

@@ -23,7 +23,7 @@ from selfsup.export import EXPORT_FILES, EXPORT_MANIFEST, export, record_exporte
 from selfsup.train.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint_weights
 from selfsup.train.loop import pretrain
 from selfsup.train.run_lock import LOCK_NAME
-from tests.fixtures.pipeline import make_shards, tiny_config
+from tests.fixtures.pipeline import make_shards, metrics, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_run_overwrite_starts_over_and_keeps_other_files(run, shards):
     summary = pretrain(tiny_config(run, shards, "train.max_steps=1", "train.save_every=1", "run.overwrite=true"))
     assert summary["steps_this_run"] == 1
     assert [p.name for p in list_checkpoints(run)] == ["step_00000001"]  # the old step 2 is gone, not the newest
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert [r["step"] for r in metrics(run)] == [1]
     assert (run / "notes.txt").read_text() == "mine" and not (run / LOCK_NAME).exists()
     assert len(list((run / "tensorboard").glob("events.*"))) == 1  # the old run's curves went when TensorBoard started
 

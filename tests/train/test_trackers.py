@@ -13,7 +13,7 @@ from selfsup.errors import ConfigError
 from selfsup.train.accelerator import make_accelerator
 from selfsup.train.loop import pretrain
 from selfsup.train.trackers import flat_config
-from tests.fixtures.pipeline import make_shards, tiny_config
+from tests.fixtures.pipeline import make_shards, metrics, tiny_config
 
 
 def wandb_records(data: bytes, block: int = 32768):
@@ -56,7 +56,7 @@ def test_wandb_mlflow_tensorboard_offline_read_back(tmp_path, monkeypatch):
     run = tmp_path / "run"
     summary = pretrain(tiny_config(run, make_shards(tmp_path / "data"), "train.max_steps=3",
                                    "train.log_with=[tensorboard,wandb,mlflow]"))
-    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = metrics(run)
     assert summary["steps"] == 3 and [r["step"] for r in logged] == [1, 2, 3]
 
     # MLflow: experiment "selfsup", run named after the run folder, every logged loss, the config as params
